@@ -1,0 +1,20 @@
+"""The optimizer core of flatrl: SAM, the Muon split, momentum schedules.
+
+Everything that trains with SAM or Muon (the d3rlpy and TD-MPC2 patches, our agents) imports
+these names instead of re-implementing them.
+"""
+
+from flatrl.optim.composite import CompositeOptimizer
+from flatrl.optim.muon import build_optimizer, muon_param_groups
+from flatrl.optim.sam import SAM
+from flatrl.optim.schedules import DelayedMomentum, get_momentum, set_momentum
+
+__all__ = [
+    "SAM",
+    "CompositeOptimizer",
+    "DelayedMomentum",
+    "build_optimizer",
+    "get_momentum",
+    "muon_param_groups",
+    "set_momentum",
+]
