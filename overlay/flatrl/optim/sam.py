@@ -44,7 +44,7 @@ def _as_float(value: Tensor | float | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, Tensor):
-        return float(value.detach().float().mean().item())
+        return float(value.detach().double().mean().item())
     return float(value)
 
 
