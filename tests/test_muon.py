@@ -1,0 +1,229 @@
+"""The Muon split, the composite optimizer, build_optimizer, and Muon under SAM on CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from flatrl.optim import SAM, CompositeOptimizer, build_optimizer, muon_param_groups
+from torch import Tensor, nn
+
+torch.set_num_threads(1)
+
+
+class Net(nn.Module):
+    """Embedding + 4 linears + a norm + a stacked ensemble (3-D weight, 2-D bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(3, 6)
+        self.enc = nn.Linear(6, 8)
+        self.norm = nn.LayerNorm(8)
+        self.hidden = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8, bias=False))
+        self.head = nn.Linear(8, 2)
+        self.ens_weight = nn.Parameter(torch.randn(4, 2, 2) * 0.1)
+        self.ens_bias = nn.Parameter(torch.zeros(4, 2))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        h = self.hidden(torch.relu(self.norm(self.enc(self.emb(idx)))))
+        out = self.head(h)
+        return torch.einsum("eio,bi->ebo", self.ens_weight, out) + self.ens_bias[:, None]
+
+
+def names_of(model: nn.Module, params: list[Tensor]) -> set[str]:
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return {by_id[id(p)] for p in params}
+
+
+HIDDEN = {"hidden.0.weight", "hidden.2.weight"}
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "extra"),
+    [
+        (False, False, set()),
+        (True, False, {"enc.weight"}),
+        (False, True, {"head.weight"}),
+        (True, True, {"enc.weight", "head.weight"}),
+    ],
+)
+def test_split_follows_first_last_toggles(first: bool, last: bool, extra: set[str]) -> None:
+    model = Net()
+    muon, fallback = muon_param_groups(model, apply_first_layer=first, apply_last_layer=last)
+    all_names = {n for n, _ in model.named_parameters()}
+    assert names_of(model, muon) == HIDDEN | extra
+    assert names_of(model, fallback) == all_names - HIDDEN - extra
+    # never to Muon: biases (incl. the 2-D ensemble bias), norms, embeddings, 3-D weights
+    for never in ("emb.weight", "norm.weight", "ens_weight", "ens_bias", "enc.bias"):
+        assert never in names_of(model, fallback)
+    assert len(muon) + len(fallback) == len(all_names)
+
+
+def test_split_with_explicit_layer_names() -> None:
+    model = Net()
+    muon, _ = muon_param_groups(model, first_layer_names=["hidden"], last_layer_names=["head"])
+    assert names_of(model, muon) == {"enc.weight"}  # "hidden" prefix covers hidden.0 and .2
+    muon, _ = muon_param_groups(model, first_layer_names=["hidden.0"], last_layer_names=[])
+    assert names_of(model, muon) == {"enc.weight", "hidden.2.weight", "head.weight"}
+    with pytest.raises(ValueError, match="name no submodule"):
+        muon_param_groups(model, first_layer_names=["encoder"])
+    with pytest.raises(TypeError, match="list of module names"):
+        muon_param_groups(model, last_layer_names="head")
+
+
+def test_frozen_params_are_left_out() -> None:
+    model = Net()
+    model.hidden[0].weight.requires_grad_(False)
+    muon, fallback = muon_param_groups(model)
+    assert names_of(model, muon) == {"hidden.2.weight"}
+    assert "hidden.0.weight" not in names_of(model, fallback)
+
+
+def loss_fn(model: nn.Module) -> Tensor:
+    idx = torch.arange(12) % 3
+    return (model(idx) ** 2).mean() + model.head.weight.sum()
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model).backward()
+        opt.step()
+
+
+def test_build_muon_matches_separate_torch_optimizers() -> None:
+    model = Net()
+    ref = copy.deepcopy(model)
+    opt = build_optimizer(model, case="muon", lr=0.02, muon_lr=0.05, weight_decay=0.01)
+    assert isinstance(opt, CompositeOptimizer)
+    assert [g["optimizer_kind"] for g in opt.param_groups] == ["muon", "adam"]
+    covered = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(covered) == sorted(id(p) for p in model.parameters())
+
+    muon_p, adam_p = muon_param_groups(ref)
+    ref_muon = torch.optim.Muon(
+        muon_p, lr=0.05, weight_decay=0.01, momentum=0.95, adjust_lr_fn="original"
+    )
+    ref_adam = torch.optim.Adam(adam_p, lr=0.02, weight_decay=0.01)
+    start = model.hidden[0].weight.detach().clone()
+    for _ in range(3):
+        train(model, opt, 1)
+        for o in (ref_muon, ref_adam):
+            o.zero_grad()
+        loss_fn(ref).backward()
+        ref_muon.step()
+        ref_adam.step()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    assert not torch.equal(model.hidden[0].weight, start)
+
+
+@pytest.mark.parametrize(
+    ("case", "cls"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
+def test_build_adam_cases(case: str, cls: type) -> None:
+    opt = build_optimizer(Net(), case=case, lr=1e-3, fallback="adamw")
+    assert type(opt) is cls
+    assert opt.param_groups[0]["optimizer_kind"] == case
+
+
+def test_build_muon_default_lr_scaling_and_adamw_fallback() -> None:
+    opt = build_optimizer(Net(), case="muon", lr=1e-3, fallback="adamw")
+    kinds = {g["optimizer_kind"]: g for g in opt.param_groups}
+    assert set(kinds) == {"muon", "adamw"}
+    assert kinds["muon"]["lr"] == 1e-3 and kinds["muon"]["adjust_lr_fn"] == "match_rms_adamw"
+    assert isinstance(opt.optimizers[1], torch.optim.AdamW)
+
+
+def test_build_rejects_bad_input_and_warns_without_hidden_matrix() -> None:
+    with pytest.raises(ValueError, match="case must be one of"):
+        build_optimizer(Net(), case="lion")
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        build_optimizer(Net(), case="muon", fallback="sgd")
+    with pytest.warns(UserWarning, match="no hidden 2-D weight"):
+        opt = build_optimizer(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)), case="muon")
+    assert [g["optimizer_kind"] for g in opt.param_groups] == ["adam"]
+
+
+def test_composite_state_dict_round_trip_then_identical_step() -> None:
+    model = Net()
+    opt = build_optimizer(model, case="muon", lr=0.01)
+    train(model, opt, 3)
+    clone = copy.deepcopy(model)
+    clone_opt = build_optimizer(clone, case="muon", lr=0.5)  # lr comes from the state dict
+    clone_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert [g["lr"] for g in clone_opt.param_groups] == [0.01, 0.01]
+    assert clone_opt.param_groups[0] is clone_opt.optimizers[0].param_groups[0]
+    train(model, opt, 2)
+    train(clone, clone_opt, 2)
+    for p, q in zip(model.parameters(), clone.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="state dict is for optimizers"):
+        build_optimizer(Net(), case="muon", fallback="adamw").load_state_dict(opt.state_dict())
+
+
+def test_composite_scheduler_and_add_param_group() -> None:
+    model = Net()
+    opt = build_optimizer(model, case="muon", lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    train(model, opt, 1)
+    sched.step()
+    assert [o.param_groups[0]["lr"] for o in opt.optimizers] == pytest.approx([1e-3, 1e-3])
+    extra = nn.Linear(8, 8, bias=False)
+    groups_list = opt.param_groups
+    opt.add_param_group({"params": [extra.weight], "optimizer_kind": "muon", "lr": 0.1})
+    assert opt.param_groups is groups_list and len(opt.param_groups) == 3
+    assert opt.optimizers[0].param_groups[-1]["params"] == [extra.weight]
+    with pytest.raises(ValueError, match="optimizer_kind"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))]})
+    assert len(opt.state) == len(opt.optimizers[0].state) + len(opt.optimizers[1].state)
+
+
+def test_muon_with_sam_on_cpu_matches_reference() -> None:
+    """SAM(composite) == hand-computed SAM gradient fed to an identical composite."""
+    rho = 0.05
+    model = Net()
+    ref = copy.deepcopy(model)
+    sam = SAM(build_optimizer(model, case="muon", lr=0.01), rho=rho, scope=model.hidden)
+    ref_opt = build_optimizer(ref, case="muon", lr=0.01)
+    assert sam.param_groups is sam.base_optimizer.param_groups
+    hidden = {id(p) for p in ref.hidden.parameters()}
+    losses = []
+    for _ in range(3):
+        # reference: unperturbed grads, perturb the scope by hand, regrad, keep the others
+        ref_opt.zero_grad()
+        loss_fn(ref).backward()
+        g0 = {p: p.grad.clone() for p in ref.parameters()}
+        norm = torch.sqrt(sum((g0[p] ** 2).sum() for p in ref.parameters() if id(p) in hidden))
+        with torch.no_grad():
+            for p in ref.parameters():
+                if id(p) in hidden:
+                    p.add_(rho * g0[p] / (norm + 1e-12))
+        ref_opt.zero_grad()
+        loss_fn(ref).backward()
+        with torch.no_grad():
+            for p in ref.parameters():
+                if id(p) in hidden:
+                    p.sub_(rho * g0[p] / (norm + 1e-12))
+                else:
+                    p.grad = g0[p]
+        ref_opt.step()
+
+        def closure() -> Tensor:
+            sam.zero_grad()
+            loss = loss_fn(model)
+            loss.backward()
+            return loss
+
+        sam.zero_grad()
+        loss = loss_fn(model)
+        loss.backward()
+        sam.step(closure, loss=loss)
+        losses.append(sam.last_sharpness)
+        for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+    assert all(s is not None and s == s for s in losses)
+    state = sam.state_dict()
+    assert state["base"]["kinds"] == ["muon", "adam"]
