@@ -53,8 +53,9 @@ class SAMFactory(OptimizerFactory):
         clip_grad_norm: clip the gradient the base step applies (the one taken at w+e) to this
             norm; the ascent direction uses the unclipped gradient.
         lr_scheduler_factory: LR scheduler, stepped once per update.
-        base: the factory of the base optimizer (Adam by default). Set ``clip_grad_norm`` and
-            ``lr_scheduler_factory`` on the SAMFactory, not on the base.
+        base: the factory of the base optimizer (Adam by default). Its ``clip_grad_norm`` and
+            ``lr_scheduler_factory`` are used when the SAMFactory's own are unset, so an
+            algorithm's default factory can be wrapped as is; setting one on both is an error.
         rho: radius of the perturbation, > 0.
         adaptive: ASAM (perturbation scaled element-wise by |w|).
         every_k: a SAM step every k-th update, plain base steps in between.
@@ -73,11 +74,20 @@ class SAMFactory(OptimizerFactory):
     ) -> OptimizerWrapper:
         if compiled:
             raise ValueError(
-                "SAMFactory does not support compile_graph=True: CUDA-graph replay overwrites "
-                "the first pass's outputs that the SAM closure needs. Set compile_graph=False "
-                "in the algorithm config (or use the base optimizer factory without SAM)."
+                "SAMFactory does not support compile_graph=True on CUDA: CUDA-graph replay "
+                "overwrites the first pass's outputs that the SAM closure needs. Set "
+                "compile_graph=False in the algorithm config (or drop SAMFactory)."
             )
-        return super().create(named_modules, lr, compiled)
+        named_modules = list(named_modules)
+        optim = self.create_optimizer(named_modules, lr)
+        scheduler_factory = self.lr_scheduler_factory or self.base.lr_scheduler_factory
+        return OptimizerWrapper(
+            params=_unique_params(named_modules),
+            optim=optim,
+            compiled=compiled,
+            clip_grad_norm=self._clip_grad_norm(),
+            lr_scheduler=scheduler_factory.create(optim) if scheduler_factory else None,
+        )
 
     def create_optimizer(self, named_modules: Iterable[tuple[str, nn.Module]], lr: float) -> SAM:
         base = self.base.create_optimizer(list(named_modules), lr)
@@ -86,8 +96,12 @@ class SAMFactory(OptimizerFactory):
             rho=self.rho,
             adaptive=self.adaptive,
             every_k=self.every_k,
-            clip_grad_norm=self.clip_grad_norm or None,
+            clip_grad_norm=self._clip_grad_norm(),
         )
+
+    def _clip_grad_norm(self) -> float | None:
+        # Like OptimizerWrapper, a clip of 0/None means no clipping.
+        return (self.clip_grad_norm or self.base.clip_grad_norm) or None
 
     @staticmethod
     def get_type() -> str:
@@ -102,11 +116,12 @@ def _check_sam_arguments(factory: SAMFactory) -> None:
         )
     if isinstance(factory.base, SAMFactory):
         raise TypeError("SAMFactory cannot wrap another SAMFactory; give it the base factory.")
-    if factory.base.clip_grad_norm or factory.base.lr_scheduler_factory is not None:
-        raise ValueError(
-            "SAMFactory: set clip_grad_norm and lr_scheduler_factory on the SAMFactory itself, "
-            "not on its base, e.g. SAMFactory(base=AdamFactory(), clip_grad_norm=1.0)."
-        )
+    for field in ("clip_grad_norm", "lr_scheduler_factory"):
+        if getattr(factory, field) and getattr(factory.base, field):
+            raise ValueError(
+                f"SAMFactory: {field} is set on both the SAMFactory and its base; set it on "
+                f"one of them only, e.g. SAMFactory(base=AdamFactory(), {field}=...)."
+            )
     rho = factory.rho
     if isinstance(rho, bool) or not isinstance(rho, int | float):
         raise TypeError(f"SAMFactory rho must be a number, got {rho!r}; e.g. rho=0.05.")
