@@ -6,7 +6,8 @@ import copy
 
 import pytest
 import torch
-from flatrl.optim import SAM, CompositeOptimizer, build_optimizer, muon_param_groups
+from flatrl.optim import SAM, CompositeOptimizer, Muon, build_optimizer, muon_param_groups
+from flatrl.optim.cpu_muon import newton_schulz
 from torch import Tensor, nn
 
 torch.set_num_threads(1)
@@ -81,6 +82,67 @@ def test_frozen_params_are_left_out() -> None:
     assert "hidden.0.weight" not in names_of(model, fallback)
 
 
+COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (9, 4), (4, 9)])
+def test_newton_schulz_float32_is_close_to_float64_and_orthogonalises(shape: tuple) -> None:
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    x32 = newton_schulz(g, COEFFS, 5, 1e-7, torch.float32)
+    x64 = newton_schulz(g.double(), COEFFS, 5, 1e-7, torch.float64)
+    assert x32.dtype == torch.float32 and x32.shape == g.shape
+    torch.testing.assert_close(x32.double(), x64, rtol=0, atol=1e-5)
+    # singular values are pushed into the band (0.5, 1.5) the quintic is tuned for
+    s = torch.linalg.svdvals(x64)
+    assert s.min() > 0.3 and s.max() < 1.3
+    with pytest.raises(ValueError, match="2-D"):
+        newton_schulz(torch.ones(2, 2, 2), COEFFS, 5, 1e-7, torch.float32)
+
+
+def test_muon_bfloat16_reproduces_torch_muon_exactly() -> None:
+    """Same update rule as torch.optim.Muon, so only the Newton-Schulz dtype differs."""
+    torch.manual_seed(0)
+    w = [torch.randn(6, 4), torch.randn(5, 7)]
+    ours_p = [nn.Parameter(t.clone()) for t in w]
+    torch_p = [nn.Parameter(t.clone()) for t in w]
+    kwargs = dict(lr=0.05, weight_decay=0.1, momentum=0.9, adjust_lr_fn="match_rms_adamw")
+    ours = Muon(ours_p, ns_dtype="bfloat16", **kwargs)
+    theirs = torch.optim.Muon(torch_p, **kwargs)
+    for step in range(3):
+        grads = [torch.randn_like(t) for t in w]
+        for p, q, gr in zip(ours_p, torch_p, grads, strict=True):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        ours.step()
+        theirs.step()
+        for p, q in zip(ours_p, torch_p, strict=True):
+            assert torch.equal(p, q), step
+    assert torch.equal(
+        ours.state[ours_p[0]]["momentum_buffer"], theirs.state[torch_p[0]]["momentum_buffer"]
+    )
+
+
+def test_muon_picks_float32_on_cpu_and_validates_dtype() -> None:
+    p = nn.Parameter(torch.randn(5, 5))
+    opt = Muon([p], lr=0.1)
+    assert opt.param_groups[0]["ns_dtype"] is None
+    p.grad = torch.randn(5, 5)
+    before = p.detach().clone()
+    opt.step()
+    expected = newton_schulz(p.grad.lerp(p.grad * 0.05, 0.95), COEFFS, 5, 1e-7, torch.float32)
+    torch.testing.assert_close(p.detach(), before * (1 - 0.1 * 0.1) - 0.1 * expected)
+    opt.add_param_group({"params": [nn.Parameter(torch.randn(3, 3))]})
+    assert opt.param_groups[1]["ns_dtype"] is None
+    explicit = Muon(
+        [{"params": [nn.Parameter(torch.randn(2, 2))], "ns_dtype": "bfloat16"}, {"params": [p]}],
+        ns_dtype="float64",
+    )
+    assert [g["ns_dtype"] for g in explicit.param_groups] == ["bfloat16", "float64"]
+    with pytest.raises(ValueError, match="ns_dtype"):
+        Muon([p], ns_dtype="float16")
+    with pytest.raises(ValueError, match="2D"):
+        Muon([nn.Parameter(torch.ones(3))])
+
+
 def loss_fn(model: nn.Module) -> Tensor:
     idx = torch.arange(12) % 3
     return (model(idx) ** 2).mean() + model.head.weight.sum()
@@ -96,7 +158,9 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
 def test_build_muon_matches_separate_torch_optimizers() -> None:
     model = Net()
     ref = copy.deepcopy(model)
-    opt = build_optimizer(model, case="muon", lr=0.02, muon_lr=0.05, weight_decay=0.01)
+    opt = build_optimizer(
+        model, case="muon", lr=0.02, muon_lr=0.05, weight_decay=0.01, ns_dtype="bfloat16"
+    )
     assert isinstance(opt, CompositeOptimizer)
     assert [g["optimizer_kind"] for g in opt.param_groups] == ["muon", "adam"]
     covered = [id(p) for g in opt.param_groups for p in g["params"]]

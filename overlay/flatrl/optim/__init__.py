@@ -5,6 +5,7 @@ these names instead of re-implementing them.
 """
 
 from flatrl.optim.composite import CompositeOptimizer
+from flatrl.optim.cpu_muon import Muon
 from flatrl.optim.muon import build_optimizer, muon_param_groups
 from flatrl.optim.sam import SAM
 from flatrl.optim.schedules import DelayedMomentum, get_momentum, set_momentum
@@ -13,6 +14,7 @@ __all__ = [
     "SAM",
     "CompositeOptimizer",
     "DelayedMomentum",
+    "Muon",
     "build_optimizer",
     "get_momentum",
     "muon_param_groups",
