@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from flatrl.optim import SAM, build_optimizer  # noqa: E402
+from flatrl.optim.cpu_muon import newton_schulz  # noqa: E402
 from torch import nn  # noqa: E402
 
 IN_DIM, HIDDEN, OUT_DIM, BATCH = 64, 256, 16, 256
@@ -82,10 +83,62 @@ def make_update(name: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Non
     return sam_update
 
 
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def muon_breakdown(x: torch.Tensor, y: torch.Tensor, repeats: int) -> None:
+    """Where a Muon update's time goes, next to the FLOPs that explain it."""
+    model = make_mlp(0)
+    adam = build_optimizer(model, case="adam", lr=1e-3)
+    muon = build_optimizer(model, case="muon", lr=1e-3)
+
+    def fwd_bwd() -> None:
+        model.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+
+    fwd_bwd()
+    for _ in range(3):
+        adam.step()
+        muon.step()
+    hidden = [g for g in muon.param_groups if g["optimizer_kind"] == "muon"][0]["params"]
+    coeffs = (3.4445, -4.7750, 2.0315)
+
+    def ns_only() -> None:
+        for p in hidden:
+            newton_schulz(p.grad, coeffs, 5, 1e-7, torch.float32)
+
+    parts = {
+        "forward+backward": median_ms(fwd_bwd, repeats),
+        "Adam step (all params)": median_ms(adam.step, repeats),
+        "Muon+Adam composite step": median_ms(muon.step, repeats),
+        "  of which Newton-Schulz": median_ms(ns_only, repeats),
+    }
+    layer_macs = sum(m.in_features * m.out_features for m in model if isinstance(m, nn.Linear))
+    fb_flops = 3 * 2 * BATCH * layer_macs  # forward + two backward matmuls per layer
+    ns_flops = sum(5 * 3 * 2 * min(p.shape) ** 2 * max(p.shape) for p in hidden)
+    print(f"\nwhere Muon's time goes (median of {repeats}):")
+    for name, ms in parts.items():
+        print(f"  {name:<26} {ms:8.3f} ms")
+    print(
+        f"  FLOPs: forward+backward {fb_flops / 1e6:.0f} M; Newton-Schulz (5 steps x 3 matmuls "
+        f"on {len(hidden)} hidden {HIDDEN}x{HIDDEN} weights) {ns_flops / 1e6:.0f} M "
+        f"= {ns_flops / fb_flops:.1f}x forward+backward"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--updates", type=int, default=20, help="updates per variant per round")
+    parser.add_argument(
+        "--no-breakdown", action="store_true", help="skip the timing breakdown of a Muon update"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -126,6 +179,8 @@ def main() -> int:
             f"{n:<12} {1e3 * statistics.median(per_update[n]):>10.3f} {ratio:>14.2f} "
             f"{'<= ' + str(TARGETS[n]):>8}  {'PASS' if ok else 'FAIL'}"
         )
+    if not args.no_breakdown:
+        muon_breakdown(x, y, repeats=3 * args.updates)
     print("command: OMP_NUM_THREADS=1 python bench/optim_overhead.py " + " ".join(sys.argv[1:]))
     return 0 if all_pass else 1
 

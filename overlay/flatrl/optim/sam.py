@@ -21,6 +21,7 @@ wrapper adds what RL training loops need:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -108,6 +109,7 @@ class SAM(torch.optim.Optimizer):
         self._scope_ids = _scope_ids(scope, self.param_groups)
         self._step_calls = 0
         self._backup: dict[Tensor, Tensor] = {}
+        self._moved: list[tuple[list[Tensor], list[Tensor]]] = []
         self._kept_grads: dict[Tensor, Tensor | None] = {}
         self._perturbed = False
         self._last_grad_norm: Tensor | None = None
@@ -158,17 +160,27 @@ class SAM(torch.optim.Optimizer):
     def _scoped(self, p: Tensor) -> bool:
         return self._scope_ids is None or id(p) in self._scope_ids
 
-    @torch.no_grad()
-    def _perturbation_norm(self) -> Tensor | None:
-        norms = [
-            (p.abs() * p.grad if self.adaptive else p.grad).norm(p=2)
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None and self._scoped(p)
-        ]
+    def _buckets(self) -> list[list[Tensor]]:
+        """In-scope params with a gradient, bucketed by (device, dtype) for foreach kernels."""
+        buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and self._scoped(p):
+                    buckets.setdefault((p.device, p.dtype), []).append(p)
+        return list(buckets.values())
+
+    def _perturbation_norm(self, buckets: list[list[Tensor]]) -> Tensor | None:
+        norms: list[Tensor] = []
+        for params in buckets:
+            grads = [p.grad for p in params]
+            if self.adaptive:
+                grads = torch._foreach_mul(grads, torch._foreach_abs(params))
+            norms.extend(torch._foreach_norm(grads))
         if not norms:
             return None
-        return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+        dtype = functools.reduce(torch.promote_types, [n.dtype for n in norms], torch.float32)
+        device = norms[0].device
+        return torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms]))
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
@@ -185,15 +197,16 @@ class SAM(torch.optim.Optimizer):
                 "SAM found no gradients: call loss.backward() on the unperturbed loss before "
                 "sam.step(closure) / sam.first_step()."
             )
-        grad_norm = self._perturbation_norm()
+        buckets = self._buckets()
+        grad_norm = self._perturbation_norm(buckets)
         self._last_grad_norm = grad_norm
 
-        self._backup = {}
         self._kept_grads = {}
         for p in all_params:
             if not self._scoped(p):
                 self._kept_grads[p] = p.grad
                 p.grad = None
+        self._moved = []
         if grad_norm is not None:
             # A zero (or non-finite) norm gives scale 0: no perturbation and no NaN, decided on
             # the device so that no host sync is needed on every step.
@@ -202,30 +215,41 @@ class SAM(torch.optim.Optimizer):
                 self.rho / (grad_norm + self.eps).clamp_min(torch.finfo(grad_norm.dtype).tiny),
                 torch.zeros_like(grad_norm),
             )
-            for p in all_params:
-                if p.grad is None or not self._scoped(p):
-                    continue
-                self._backup[p] = p.detach().clone()
-                e = p.grad * scale.to(p.device, p.dtype)
+            for params in buckets:
+                backups = [self._backup_buffer(p) for p in params]
+                torch._foreach_copy_(backups, params)
+                e = torch._foreach_mul([p.grad for p in params], scale.to(params[0].device))
                 if self.adaptive:
-                    e.mul_(p.square())
-                p.add_(e)
+                    torch._foreach_mul_(e, torch._foreach_mul(params, params))
+                torch._foreach_add_(params, e)
+                self._moved.append((params, backups))
         self._perturbed = True
         if zero_grad:
             self.zero_grad()
+
+    def _backup_buffer(self, p: Tensor) -> Tensor:
+        """A persistent buffer per parameter for ``w`` (no allocation on every step)."""
+        buf = self._backup.get(p)
+        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+            buf = torch.empty_like(p, memory_format=torch.preserve_format)
+            self._backup[p] = buf
+        return buf
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        """Put back ``w`` and the out-of-scope gradients of the unperturbed pass."""
+        for params, backups in self._moved:
+            torch._foreach_copy_(params, backups)
+        for p, g in self._kept_grads.items():
+            p.grad = g
+        self._moved, self._kept_grads, self._perturbed = [], {}, False
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Return to ``w`` and take the base step with the gradients taken at ``w + e``."""
         if not self._perturbed:
             raise RuntimeError("SAM.second_step() called without first_step() before it.")
-        for p, w in self._backup.items():
-            p.copy_(w)
-        for p, g in self._kept_grads.items():
-            p.grad = g
-        self._backup = {}
-        self._kept_grads = {}
-        self._perturbed = False
+        self._restore()
         self._base_step()
         if zero_grad:
             self.zero_grad()
@@ -263,22 +287,13 @@ class SAM(torch.optim.Optimizer):
             with torch.enable_grad():
                 perturbed = closure()
         except BaseException:
-            self._undo_perturbation()
+            self._restore()
             raise
         self.second_step()
         self._step_calls += 1
         self._last_loss = _as_detached(loss)
         self._last_perturbed = _as_detached(perturbed)
         return self._last_perturbed
-
-    @torch.no_grad()
-    def _undo_perturbation(self) -> None:
-        """Restore weights and kept gradients if the closure failed, so no state is corrupted."""
-        for p, w in self._backup.items():
-            p.copy_(w)
-        for p, g in self._kept_grads.items():
-            p.grad = g
-        self._backup, self._kept_grads, self._perturbed = {}, {}, False
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients of every parameter of the base optimizer."""
