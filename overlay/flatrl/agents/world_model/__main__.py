@@ -1,0 +1,5 @@
+"""`python -m flatrl.agents.world_model ...`"""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""A2C with GAE on world-model rollouts: advantages, the combined loss and one update.
+
+Loss (the seed's): L = L_policy + value_coef * L_value + L_vision
+                       + memory_coef * (L_memory + L_reward) - entropy_coef * H
+with L_memory = MSE(predict_next(z_t, a_t, h_t), sg(z_{t+1})) - the target is the encoded next
+observation with a stop-gradient, so the encoder cannot shrink the loss by collapsing z.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rollout import Rollout
+from .world_model import WorldModel
+
+
+@dataclass
+class A2CConfig:
+    """The seed's hyperparameters plus how one rollout is split into gradient steps."""
+
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    memory_coef: float = 0.1
+    max_grad_norm: float = 0.5
+    num_minibatches: int = 4
+    normalize_advantages: bool = True
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    dones: torch.Tensor,
+    valid: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over (T, N) tensors; returns (advantages, returns).
+
+    delta_t = r_t + gamma * (1 - terminated_t) * V(o_{t+1}) - V(o_t)
+    A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1}
+    A time-limit end (done but not terminated) still bootstraps from the final observation but
+    does not chain into the next episode; invalid (autoreset) slots get A = 0. returns = A + V.
+    """
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * (~terminated[t]).float() * next_values[t] - values[t]
+        last = delta + gamma * lam * (~dones[t]).float() * last
+        last = last * valid[t].float()
+        adv[t] = last
+    return adv, adv + values
+
+
+@torch.no_grad()
+def encode_rollout(model: WorldModel, rollout: Rollout, chunk: int = 512):
+    """z and memory tokens for every slot, without gradients: (S, N, z), (S, N, d)."""
+    obs = rollout.obs.flatten(0, 1)
+    zs = [model.vision(obs[i : i + chunk], with_loss=False).z for i in range(0, len(obs), chunk)]
+    z = torch.cat(zs)
+    tokens = model.memory.token(z, rollout.prev_action.flatten(0, 1))
+    s, n = rollout.obs.shape[:2]
+    return z.view(s, n, -1), tokens.view(s, n, -1)
+
+
+def history(tokens: torch.Tensor, slot: torch.Tensor, env: torch.Tensor, c: int) -> torch.Tensor:
+    """The c detached tokens before each (slot, env), oldest first: (B, c, d)."""
+    offs = torch.arange(-c, 0, device=tokens.device)
+    return tokens[slot[:, None] + offs[None, :], env[:, None]].detach()
+
+
+@torch.no_grad()
+def rollout_values(model: WorldModel, rollout: Rollout, z_all, tok_all) -> torch.Tensor:
+    """V at slots C .. C+T (T+1 rows) for GAE, with the same windows as acting used."""
+    c, n = rollout.context, rollout.obs.shape[1]
+    t1 = rollout.actions.shape[0] + 1
+    slot = (torch.arange(t1, device=z_all.device) + c).repeat_interleave(n)
+    env = torch.arange(n, device=z_all.device).repeat(t1)
+    h = model.memory.hidden(
+        history(tok_all, slot, env, c), tok_all[slot, env], rollout.hist_len[slot, env]
+    )
+    return model.controller.value(z_all[slot, env], h).view(t1, n)
+
+
+def minibatch_loss(
+    model: WorldModel,
+    rollout: Rollout,
+    t: torch.Tensor,
+    env: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    z_all: torch.Tensor,
+    tok_all: torch.Tensor,
+    cfg: A2CConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The full loss on transitions (t, env); gradients reach every part of the model."""
+    c = rollout.context
+    slot = t + c
+    vis = model.vision(rollout.obs[slot, env])
+    token = model.memory.token(vis.z, rollout.prev_action[slot, env])
+    h = model.memory.hidden(history(tok_all, slot, env, c), token, rollout.hist_len[slot, env])
+    action = rollout.actions[t, env]
+    logp, entropy, value = model.controller.evaluate(vis.z, h, action, rollout.plans[t, env])
+    a_in = model.controller.action_input(action)
+    z_pred = model.memory.predict_next(vis.z, a_in, h)
+    memory_loss = F.mse_loss(z_pred, z_all[slot + 1, env].detach())
+    reward_loss = F.mse_loss(model.reward_predictor(vis.z, h, a_in), rollout.scaled_rewards[t, env])
+    adv, ret = advantages[t, env], returns[t, env]
+    policy_loss = -(logp * adv).mean()
+    value_loss = F.mse_loss(value, ret)
+    entropy_mean = entropy.mean()
+    loss = (
+        policy_loss
+        + cfg.value_coef * value_loss
+        + vis.loss
+        + cfg.memory_coef * (memory_loss + reward_loss)
+        - cfg.entropy_coef * entropy_mean
+    )
+    parts = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "memory_loss": memory_loss,
+        "reward_loss": reward_loss,
+        "vision_loss": vis.loss,
+        "entropy": entropy_mean,
+        "total_loss": loss,
+    }
+    return loss, parts
+
+
+def module_grad_norms(model: WorldModel) -> dict[str, float]:
+    """Gradient norm per part (before clipping) for the gradients/* curves."""
+    out = {}
+    total = 0.0
+    for name in ("vision", "memory", "controller", "reward_predictor"):
+        grads = [p.grad for p in getattr(model, name).parameters() if p.grad is not None]
+        norm = (
+            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+            if grads
+            else 0.0
+        )
+        out[name] = norm
+        total += norm**2
+    out["total"] = total**0.5
+    return out
+
+
+def a2c_update(
+    model: WorldModel,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    cfg: A2CConfig,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """GAE on the rollout, then `num_minibatches` gradient steps over its valid transitions.
+
+    With a `flatrl.optim.SAM` optimizer each step is a SAM step: the closure recomputes the loss
+    on the same minibatch at the perturbed weights (SAM clips the final gradient itself).
+    """
+    from flatrl.optim import SAM
+
+    z_all, tok_all = encode_rollout(model, rollout)
+    values = rollout_values(model, rollout, z_all, tok_all)
+    adv, returns = compute_gae(
+        rollout.scaled_rewards,
+        values[:-1],
+        values[1:],
+        rollout.terminated,
+        rollout.dones,
+        rollout.valid,
+        cfg.gamma,
+        cfg.gae_lambda,
+    )
+    t_idx, e_idx = rollout.valid.nonzero(as_tuple=True)
+    if cfg.normalize_advantages and t_idx.numel() > 1:
+        sel = adv[t_idx, e_idx]
+        adv = (adv - sel.mean()) / (sel.std() + 1e-8)
+    perm = torch.randperm(t_idx.numel(), generator=generator).to(t_idx.device)
+    sums: dict[str, float] = {}
+    grads: dict[str, float] = {}
+    sharp: list[float] = []
+    chunks = perm.chunk(max(1, cfg.num_minibatches))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for mb in chunks:
+        t, e = t_idx[mb], e_idx[mb]
+
+        def compute(
+            t: torch.Tensor = t, e: torch.Tensor = e
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return minibatch_loss(model, rollout, t, e, adv, returns, z_all, tok_all, cfg)
+
+        optimizer.zero_grad(set_to_none=True)
+        loss, parts = compute()
+        loss.backward()
+        for k, v in module_grad_norms(model).items():
+            grads[k] = grads.get(k, 0.0) + v / len(chunks)
+        if isinstance(optimizer, SAM):
+            closure: Callable[[], torch.Tensor] = _closure(optimizer, compute)
+            optimizer.step(closure, loss=loss.detach())
+            if optimizer.last_sharpness is not None:
+                sharp.append(optimizer.last_sharpness)
+        else:
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(chunks)
+    metrics = dict(sums)
+    metrics.update({f"grad/{k}": v for k, v in grads.items()})
+    if sharp:
+        metrics["sharpness"] = sum(sharp) / len(sharp)
+    valid = rollout.valid
+    metrics["explained_variance"] = _explained_variance(values[:-1][valid], returns[valid])
+    return metrics
+
+
+def _closure(optimizer: torch.optim.Optimizer, compute) -> Callable[[], torch.Tensor]:
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = compute()
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    var = target.var()
+    return float(1 - (target - pred).var() / var) if var > 0 else 0.0

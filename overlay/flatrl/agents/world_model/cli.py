@@ -1,0 +1,131 @@
+"""Command line of the world-model agent (the seed's flags, plus optimizer/SAM and run control)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .config import SAM_SCOPES, TrainConfig, validate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m flatrl.agents.world_model",
+        description="Enhanced World Model: VQ-VAE + temporal transformer + planning controller, "
+        "trained with A2C/GAE. One epoch = one rollout of n_steps x n_envs env steps and one pass "
+        "over it in --num-minibatches gradient steps.",
+    )
+    seed_flags = p.add_argument_group("seed flags")
+    seed_flags.add_argument("--env-name", default=d.env_name)
+    seed_flags.add_argument("--max-epoch", type=int, default=d.max_epoch)
+    seed_flags.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    seed_flags.add_argument(
+        "--env-batch-number",
+        default=d.env_batch_number,
+        help="parallel envs: 'auto' (16 for vector, 4 for image envs) or an int",
+    )
+    seed_flags.add_argument("--pretrain-vision", action="store_true")
+    seed_flags.add_argument("--pretrain-memory", action="store_true")
+    seed_flags.add_argument("--load-path", default=d.load_path)
+    seed_flags.add_argument("--save-path", default=d.save_path)
+    seed_flags.add_argument("--use-improved-controller", action="store_true")
+    seed_flags.add_argument(
+        "--use-a2c",
+        action="store_true",
+        help="A2C with GAE; without it: REINFORCE with a value baseline "
+        "(Monte-Carlo returns, lambda = 1)",
+    )
+    seed_flags.add_argument(
+        "--planning-horizon",
+        type=int,
+        default=d.planning_horizon,
+        help="imagined steps per planned action; 0 turns planning off",
+    )
+    seed_flags.add_argument("--n-steps", type=int, default=d.n_steps)
+    hp = p.add_argument_group("A2C hyperparameters")
+    hp.add_argument("--gamma", type=float, default=d.gamma)
+    hp.add_argument("--gae-lambda", type=float, default=d.gae_lambda)
+    hp.add_argument("--value-coef", type=float, default=d.value_coef)
+    hp.add_argument("--entropy-coef", type=float, default=d.entropy_coef)
+    hp.add_argument("--memory-coef", type=float, default=d.memory_coef)
+    hp.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    hp.add_argument(
+        "--num-minibatches",
+        type=int,
+        default=d.num_minibatches,
+        help="gradient steps per epoch (1 = one plain A2C update per rollout)",
+    )
+    hp.add_argument(
+        "--plan-weight",
+        type=float,
+        default=d.plan_weight,
+        help="share of the planner in the blended policy (the seed's 30%%)",
+    )
+    hp.add_argument(
+        "--memory-window",
+        type=int,
+        default=None,
+        help="history length of the transformer (8 vector, 16 image)",
+    )
+    hp.add_argument(
+        "--memory-layers", type=int, default=None, help="transformer layers (1 vector, 2 image)"
+    )
+    hp.add_argument("--z-dim", type=int, default=None, help="latent size (32 vector, 64 image)")
+    hp.add_argument("--no-normalize-rewards", dest="normalize_rewards", action="store_false")
+    opt = p.add_argument_group("optimizer")
+    opt.add_argument("--optimizer", choices=("adam", "sam"), default=d.optimizer)
+    opt.add_argument("--sam-rho", type=float, default=None, help="SAM radius (default 0.05)")
+    opt.add_argument(
+        "--sam-scope",
+        choices=SAM_SCOPES,
+        default=None,
+        help="parameters SAM perturbs (default memory: the dynamics model)",
+    )
+    run = p.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="continue from a checkpoint (default: <save-path>/last_<env>.pt)",
+    )
+    run.add_argument("--log-dir", default=d.log_dir, help="TensorBoard root (runs/)")
+    run.add_argument(
+        "--save-every", type=int, default=d.save_every, help="periodic checkpoint, epochs"
+    )
+    run.add_argument(
+        "--max-env-steps", type=int, default=None, help="stop early at this many env steps"
+    )
+    run.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=d.eval_episodes,
+        help="deterministic evaluation episodes after training (0: none)",
+    )
+    run.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse and validate; bad input raises ValueError before anything is built."""
+    ns = build_parser().parse_args(argv)
+    return validate(TrainConfig(**vars(ns)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if cfg.pretrain_vision or cfg.pretrain_memory:
+        from .pretrain import pretrain
+
+        pretrain(cfg)
+    else:
+        from .train import train
+
+        train(cfg)
+    return 0

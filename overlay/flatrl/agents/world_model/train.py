@@ -1,0 +1,207 @@
+"""The RL training loop: rollouts, A2C updates, TensorBoard, checkpoints, resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from . import checkpoint
+from .a2c import A2CConfig, a2c_update
+from .config import TrainConfig
+from .envs import make_vector_env
+from .evaluate import evaluate
+from .rollout import RolloutCollector
+from .world_model import ModelConfig, WorldModel
+
+
+@dataclass
+class TrainResult:
+    """What a run ends with (the CLI prints it; benchmarks and tests read it)."""
+
+    epochs: int
+    env_steps: int
+    best_reward: float
+    final_mean_reward: float | None
+    log_dir: str
+    last_checkpoint: str
+    eval_returns: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    return ModelConfig(
+        z_dim=cfg.resolved_z_dim,
+        memory_window=cfg.resolved_window,
+        memory_layers=cfg.resolved_layers,
+        improved_controller=cfg.use_improved_controller,
+        planning_horizon=cfg.planning_horizon,
+        plan_weight=cfg.plan_weight,
+        gamma=cfg.gamma,
+    )
+
+
+def a2c_config(cfg: TrainConfig) -> A2CConfig:
+    """Without --use-a2c the update is REINFORCE with a baseline: Monte-Carlo returns (lambda 1)."""
+    return A2CConfig(
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda if cfg.use_a2c else 1.0,
+        value_coef=cfg.value_coef,
+        entropy_coef=cfg.entropy_coef,
+        memory_coef=cfg.memory_coef,
+        max_grad_norm=cfg.max_grad_norm,
+        num_minibatches=cfg.num_minibatches,
+    )
+
+
+def build_optimizer(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or flatrl.optim.SAM around Adam perturbing only --sam-scope (memory by default)."""
+    adam = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    if cfg.optimizer == "adam":
+        return adam
+    from flatrl.optim import SAM
+
+    scopes = {
+        "all": None,
+        "memory": list(model.memory.parameters()),
+        "vision": list(model.vision.parameters()),
+        "controller": list(model.controller.parameters()),
+        "world_model": [
+            *model.vision.parameters(),
+            *model.memory.parameters(),
+            *model.reward_predictor.parameters(),
+        ],
+    }
+    return SAM(adam, rho=cfg.rho, scope=scopes[cfg.scope], clip_grad_norm=cfg.max_grad_norm)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    ctrl = "improved" if cfg.use_improved_controller else "legacy"
+    algo = "a2c" if cfg.use_a2c else "pg"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.env_name}_{ctrl}_{algo}_{cfg.optimizer}_s{cfg.seed}_{stamp}_{os.getpid()}"
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train until --max-epoch (or --max-env-steps); see config.py for what an epoch is."""
+    assert cfg.spec is not None, "call config.validate(cfg) first"
+    start_time = time.time()
+    seed_everything(cfg.seed)
+    device = cfg.torch_device()
+    model = WorldModel(cfg.spec, model_config(cfg)).to(device)
+    if cfg.load_path:
+        parts = checkpoint.load_weights(model, cfg.load_path, cfg.env_name)
+        tqdm.write(f"loaded {', '.join(parts)} from {cfg.load_path}")
+    optimizer = build_optimizer(model, cfg)
+    envs = make_vector_env(cfg.env_name, cfg.num_envs, cfg.seed)
+    collector = RolloutCollector(
+        envs, model, cfg.n_steps, device, cfg.seed, cfg.gamma, cfg.normalize_rewards
+    )
+    epoch, env_steps, best = 0, 0, -float("inf")
+    log_dir = os.path.join(cfg.log_dir, run_name(cfg))
+    resume = cfg.resume_path()
+    if resume is not None:
+        state = checkpoint.load(resume, device)
+        checkpoint.check_compatible(state, model.cfg, cfg.env_name, resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        collector.normalizer.load_state_dict(state["normalizer"])
+        collector.episodes.returns.extend(state["episode_returns"])
+        checkpoint.set_rng_state(state["rng"])
+        epoch, env_steps, best = state["epoch"], state["env_steps"], state["best_reward"]
+        log_dir = state["log_dir"]
+        tqdm.write(f"resumed from {resume} at epoch {epoch} ({env_steps} env steps)")
+    writer = SummaryWriter(log_dir=log_dir, purge_step=epoch if resume else None)
+    hp = a2c_config(cfg)
+    steps_per_epoch = cfg.n_steps * cfg.num_envs
+    last_path = cfg.checkpoint_path("last")
+
+    def save(path: str) -> None:
+        checkpoint.save(
+            path,
+            checkpoint.run_state(
+                model,
+                optimizer,
+                epoch=epoch,
+                env_steps=env_steps,
+                best_reward=best,
+                normalizer=collector.normalizer.state_dict(),
+                episode_returns=list(collector.episodes.returns),
+                log_dir=log_dir,
+                env_name=cfg.env_name,
+            ),
+        )
+
+    bar = tqdm(total=cfg.max_epoch, initial=epoch, disable=not cfg.progress, desc=cfg.env_name)
+    try:
+        while epoch < cfg.max_epoch:
+            if cfg.max_env_steps is not None and env_steps >= cfg.max_env_steps:
+                break
+            t0 = time.time()
+            rollout = collector.collect()
+            env_steps += steps_per_epoch
+            metrics = a2c_update(model, optimizer, rollout, hp)
+            epoch += 1
+            mean_reward = collector.episodes.mean_return()
+            _log(writer, metrics, mean_reward, collector, epoch, env_steps, steps_per_epoch, t0)
+            if mean_reward is not None and mean_reward > best:
+                best = mean_reward
+                save(cfg.checkpoint_path("best"))
+            if epoch % cfg.save_every == 0:
+                save(last_path)
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{mean_reward:.1f}" if mean_reward is not None else "-", steps=env_steps
+            )
+        save(last_path)
+        result = TrainResult(
+            epoch, env_steps, best, collector.episodes.mean_return(), log_dir, last_path
+        )
+        if cfg.eval_episodes > 0:
+            result.eval_returns = evaluate(model, cfg.eval_episodes, cfg.seed + 10_000, device)
+            writer.add_scalar("eval/mean_return", float(np.mean(result.eval_returns)), epoch)
+        result.seconds = time.time() - start_time
+        return result
+    finally:
+        bar.close()
+        writer.close()
+        envs.close()
+
+
+def _log(writer, metrics, mean_reward, collector, epoch, env_steps, steps_per_epoch, t0) -> None:
+    """The seed's metric names, plus a few that explain them."""
+    if mean_reward is not None:
+        writer.add_scalar("train/mean_episode_reward", mean_reward, epoch)
+        writer.add_scalar(
+            "train/mean_episode_length", float(np.mean(collector.episodes.lengths)), epoch
+        )
+    for key in (
+        "policy_loss",
+        "value_loss",
+        "memory_loss",
+        "entropy",
+        "reward_loss",
+        "vision_loss",
+        "total_loss",
+        "explained_variance",
+        "sharpness",
+    ):
+        if key in metrics:
+            writer.add_scalar(f"train/{key}", metrics[key], epoch)
+    for key, value in metrics.items():
+        if key.startswith("grad/"):
+            writer.add_scalar(f"gradients/{key[5:]}_norm", value, epoch)
+    writer.add_scalar("train/env_steps", env_steps, epoch)
+    writer.add_scalar("train/env_steps_per_second", steps_per_epoch / (time.time() - t0), epoch)
