@@ -228,6 +228,18 @@ def test_composite_state_dict_round_trip_then_identical_step() -> None:
         build_optimizer(Net(), case="muon", fallback="adamw").load_state_dict(opt.state_dict())
 
 
+def test_composite_survives_deepcopy() -> None:
+    model = Net()
+    opt = build_optimizer(model, case="muon", lr=0.01)
+    train(model, opt, 2)
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert opt2.param_groups[0] is opt2.optimizers[0].param_groups[0]
+    train(model, opt, 2)
+    train(model2, opt2, 2)
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_composite_scheduler_and_add_param_group() -> None:
     model = Net()
     opt = build_optimizer(model, case="muon", lr=0.01)

@@ -212,7 +212,9 @@ def test_clip_applies_to_the_final_gradient_only() -> None:
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adam])
 def test_parity_with_pytorch_optimizer_sam(adaptive: bool, base: type) -> None:
-    po = pytest.importorskip("pytorch_optimizer", reason="pytorch-optimizer is a test-only dep")
+    po = pytest.importorskip(
+        "pytorch_optimizer", reason="pytorch-optimizer (test-only dependency) is not installed"
+    )
     ours_model, theirs_model = MLP(), MLP()
     ours = SAM(ours_model.parameters(), base=base, rho=0.05, adaptive=adaptive, lr=0.02)
     theirs = po.SAM(theirs_model.parameters(), base, rho=0.05, adaptive=adaptive, lr=0.02)
@@ -471,6 +473,31 @@ def test_state_dict_round_trip_then_identical_next_steps() -> None:
     for key, value in sam.state_dict()["base"]["state"].items():
         for name, tensor in value.items():
             assert torch.equal(tensor, sd["state"][key][name])
+
+
+def test_deepcopy_of_model_and_sam_steps_identically() -> None:
+    """Checkpointing whole objects (torch.save / deepcopy) keeps SAM's base optimizer."""
+    model = MLP()
+    sam = SAM(model.parameters(), base=torch.optim.Adam, rho=0.05, every_k=2, lr=0.01)
+    sam_update(model, sam)
+    model2, sam2 = copy.deepcopy((model, sam))
+    assert sam2.base_optimizer.param_groups[0]["params"][0] is model2.first.weight
+    for _ in range(3):
+        sam_update(model, sam)
+        sam_update(model2, sam2)
+        assert_same_params(model, model2, exact=True)
+
+
+def test_clip_on_plain_every_k_steps_too() -> None:
+    clip, lr = 0.01, 0.05
+    model, ref = MLP(), MLP()
+    sam = SAM(model.parameters(), base=torch.optim.SGD, every_k=2, clip_grad_norm=clip, lr=lr)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=lr)
+    for t in range(4):
+        grads = reference_grads(ref, 0.05, False, None) if t % 2 == 0 else plain_grads(ref)
+        reference_step(ref, ref_opt, grads, clip=clip)
+        sam_update(model, sam)
+        assert_same_params(model, ref)
 
 
 def test_load_plain_base_state_dict() -> None:

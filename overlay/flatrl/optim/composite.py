@@ -114,6 +114,13 @@ class CompositeOptimizer(torch.optim.Optimizer):
             opt.load_state_dict(sd)
         self._sync_groups()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything, so that pickling or deep-copying keeps the wrapped optimizer(s).
+
+        torch's Optimizer pickles only defaults/state/param_groups, which would drop them.
+        """
+        return self.__dict__.copy()
+
     def __repr__(self) -> str:
         inner = ", ".join(repr(opt) for opt in self.optimizers)
         return f"CompositeOptimizer([{inner}])"

@@ -329,6 +329,13 @@ class SAM(torch.optim.Optimizer):
         # Optimizer.load_state_dict builds new group dicts: share the base's list again.
         self.param_groups = self.base_optimizer.param_groups
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything, so that pickling or deep-copying keeps the wrapped optimizer(s).
+
+        torch's Optimizer pickles only defaults/state/param_groups, which would drop them.
+        """
+        return self.__dict__.copy()
+
     def __repr__(self) -> str:
         return (
             f"SAM(rho={self.rho}, adaptive={self.adaptive}, every_k={self.every_k}, "
