@@ -1,0 +1,195 @@
+"""TD-MPC2's two optimizers, built from ``optimizer=Adam|SAM|Muon`` and the ``sam_*`` settings.
+
+TD-MPC2 trains its world model (encoder, dynamics, reward, termination, Q ensemble, task
+embedding) with one Adam over per-module groups (the encoder at ``lr * enc_lr_scale``) and its
+policy prior with a second Adam. This module rebuilds exactly those (``optimizer=Adam``, the
+upstream behaviour) or:
+
+* ``optimizer=SAM``: :class:`flatrl.optim.SAM` wraps the world-model Adam (its groups and
+  learning rates kept) and perturbs the parameters of ``sam_scope`` only; with
+  ``sam_scope=policy`` it wraps the policy Adam instead and the world model keeps plain Adam.
+  The gradient the base step uses is clipped to ``grad_clip_norm`` (SAM's ``clip_grad_norm``).
+* ``optimizer=Muon``: the world model's hidden 2-D weights go to ``torch.optim.Muon`` (split by
+  :func:`flatrl.optim.muon_param_groups` per module, so each MLP keeps its first and last layer
+  on Adam); everything else stays on Adam with the same groups, in one
+  :class:`flatrl.optim.CompositeOptimizer`. The Q ensemble stores its weights stacked as 3-D
+  tensors ``(num_q, out, in)`` which ``torch.optim.Muon`` rejects: they are routed to Adam. The
+  policy keeps Adam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flatrl.optim import SAM, CompositeOptimizer, muon_param_groups
+
+OPTIMIZERS = ("adam", "sam", "muon")
+SCOPES = ("world_model", "encoder_dynamics", "dynamics", "reward_value", "policy")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The validated optimizer settings of a run."""
+
+    name: str
+    rho: float
+    adaptive: bool
+    every: int
+    scope: str
+
+    @property
+    def sam_on_world_model(self) -> bool:
+        return self.name == "sam" and self.scope != "policy"
+
+    @property
+    def sam_on_policy(self) -> bool:
+        return self.name == "sam" and self.scope == "policy"
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def optimizer_settings(cfg: Any) -> OptimizerSettings:
+    """Read and check ``optimizer``, ``sam_rho``, ``sam_adaptive``, ``sam_every``, ``sam_scope``.
+
+    Raises ValueError/TypeError naming the bad value and the accepted ones, so a bad config
+    fails before any environment or model is built.
+    """
+    raw_name = _get(cfg, "optimizer", "adam")
+    name = str(raw_name).strip().lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"optimizer={raw_name} is not supported; use one of Adam, SAM, Muon "
+            "(case-insensitive), e.g. optimizer=SAM sam_rho=0.05."
+        )
+    rho = _get(cfg, "sam_rho", 0.05)
+    if isinstance(rho, bool) or not isinstance(rho, int | float) or not math.isfinite(rho):
+        raise TypeError(f"sam_rho must be a finite number > 0, got {rho!r}; e.g. sam_rho=0.05.")
+    if rho <= 0:
+        raise ValueError(
+            f"sam_rho must be > 0, got {rho}; use a radius such as sam_rho=0.05 (to train "
+            "without SAM use optimizer=Adam)."
+        )
+    adaptive = _get(cfg, "sam_adaptive", False)
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"sam_adaptive must be true or false, got {adaptive!r}.")
+    every = _get(cfg, "sam_every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(
+            f"sam_every must be an integer >= 1, got {every!r}; sam_every=k runs a SAM step on "
+            "every k-th update and plain steps in between."
+        )
+    raw_scope = _get(cfg, "sam_scope", "world_model")
+    scope = str(raw_scope).strip().lower()
+    if scope not in SCOPES:
+        raise ValueError(f"sam_scope={raw_scope} is not one of {', '.join(SCOPES)}.")
+    return OptimizerSettings(name, float(rho), adaptive, int(every), scope)
+
+
+def _params(module: nn.Module | None) -> list[Tensor]:
+    return [] if module is None else list(module.parameters())
+
+
+def world_model_param_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
+    """Upstream's world-model groups, in upstream's order (empty groups included)."""
+    return [
+        {"params": _params(model._encoder), "lr": cfg.lr * cfg.enc_lr_scale},
+        {"params": _params(model._dynamics)},
+        {"params": _params(model._reward)},
+        {"params": _params(model._termination) if cfg.episodic else []},
+        {"params": _params(model._Qs)},
+        {"params": _params(model._task_emb) if cfg.multitask else []},
+    ]
+
+
+def sam_scope_params(model: nn.Module, scope: str) -> list[Tensor] | None:
+    """The parameters SAM perturbs for a world-model scope (None: all of them).
+
+    ``reward_value`` is the reward head and the Q ensemble (the paper's "Reward & Value" row);
+    the termination head and task embedding are perturbed only with ``world_model``.
+    """
+    if scope == "world_model":
+        return None
+    if scope == "encoder_dynamics":
+        return _params(model._encoder) + _params(model._dynamics)
+    if scope == "dynamics":
+        return _params(model._dynamics)
+    if scope == "reward_value":
+        return _params(model._reward) + _params(model._Qs)
+    raise ValueError(f"sam_scope={scope} has no world-model parameters to perturb.")
+
+
+def _muon_world_model(model: nn.Module, cfg: Any, capturable: bool) -> torch.optim.Optimizer:
+    modules = [model._encoder, model._dynamics, model._reward]
+    lrs = [cfg.lr * cfg.enc_lr_scale, cfg.lr, cfg.lr]
+    if cfg.episodic:
+        modules.append(model._termination)
+        lrs.append(cfg.lr)
+    muon_groups: list[dict[str, Any]] = []
+    adam_groups: list[dict[str, Any]] = []
+    for module, lr in zip(modules, lrs, strict=True):
+        # Per module: each MLP keeps its own first (input-sized) and last (output-sized) layer.
+        for sub in module.values() if isinstance(module, nn.ModuleDict) else [module]:
+            muon, rest = muon_param_groups(sub)
+            if muon:
+                muon_groups.append({"params": muon, "lr": lr})
+            if rest:
+                adam_groups.append({"params": rest, "lr": lr})
+    # Stacked Q-ensemble weights (3-D) and the task embedding: Adam.
+    adam_groups.append({"params": _params(model._Qs), "lr": cfg.lr})
+    if cfg.multitask:
+        adam_groups.append({"params": _params(model._task_emb), "lr": cfg.lr})
+    optimizers: list[torch.optim.Optimizer] = []
+    if muon_groups:
+        optimizers.append(torch.optim.Muon(muon_groups, lr=cfg.lr, adjust_lr_fn="match_rms_adamw"))
+    optimizers.append(torch.optim.Adam(adam_groups, lr=cfg.lr, capturable=capturable))
+    return CompositeOptimizer(optimizers)
+
+
+def build_optimizers(
+    model: nn.Module, cfg: Any, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Return ``(world-model optimizer, policy optimizer)`` for the run's settings."""
+    settings = optimizer_settings(cfg)
+    capturable = device.type == "cuda"
+    if settings.name == "muon":
+        optim = _muon_world_model(model, cfg, capturable)
+    else:
+        optim = torch.optim.Adam(
+            world_model_param_groups(model, cfg), lr=cfg.lr, capturable=capturable
+        )
+    pi_optim = torch.optim.Adam(model._pi.parameters(), lr=cfg.lr, eps=1e-5, capturable=capturable)
+    sam_kwargs = dict(
+        rho=settings.rho,
+        adaptive=settings.adaptive,
+        every_k=settings.every,
+        clip_grad_norm=cfg.grad_clip_norm,
+    )
+    if settings.sam_on_world_model:
+        optim = SAM(optim, scope=sam_scope_params(model, settings.scope), **sam_kwargs)
+    elif settings.sam_on_policy:
+        pi_optim = SAM(pi_optim, **sam_kwargs)
+    return optim, pi_optim
+
+
+def describe(optim: torch.optim.Optimizer, pi_optim: torch.optim.Optimizer) -> str:
+    """One line for the run header, e.g. ``world model: SAM(rho=0.05, ...); policy: Adam``."""
+
+    def name(opt: torch.optim.Optimizer) -> str:
+        if isinstance(opt, SAM):
+            return (
+                f"SAM(rho={opt.rho}, adaptive={opt.adaptive}, every={opt.every_k}) over "
+                f"{name(opt.base_optimizer)}"
+            )
+        if isinstance(opt, CompositeOptimizer):
+            return " + ".join(type(o).__name__ for o in opt.optimizers)
+        return type(opt).__name__
+
+    return f"world model: {name(optim)}; policy: {name(pi_optim)}"
