@@ -99,45 +99,50 @@ def with_sam(config: Any, **sam_kwargs: Any) -> Any:
 
 # name -> (config factory, kind); kind: "continuous", "discrete", "transformer-continuous",
 # "transformer-discrete", "fqe-continuous", "fqe-discrete".
-def algorithms() -> dict[str, tuple[Callable[[], Any], str]]:
+def algorithms() -> dict[str, tuple[Callable[[], Any] | None, str]]:
+    """The algorithms of the installed d3rlpy (older releases lack e.g. PRDC and TACR)."""
     from d3rlpy import algos
 
-    return {
-        "SAC": (algos.SACConfig, "continuous"),
-        "CQL": (algos.CQLConfig, "continuous"),
-        "CalQL": (algos.CalQLConfig, "continuous"),
-        "IQL": (algos.IQLConfig, "continuous"),
-        "DDPG": (algos.DDPGConfig, "continuous"),
-        "TD3": (lambda: algos.TD3Config(update_actor_interval=1), "continuous"),
-        "TD3PlusBC": (lambda: algos.TD3PlusBCConfig(update_actor_interval=1), "continuous"),
-        "AWAC": (algos.AWACConfig, "continuous"),
-        "CRR": (algos.CRRConfig, "continuous"),
-        "BCQ": (lambda: algos.BCQConfig(rl_start_step=0), "continuous"),
-        "BEAR": (algos.BEARConfig, "continuous"),
-        "PLAS": (lambda: algos.PLASConfig(warmup_steps=0), "continuous"),
+    def config(name: str, **kwargs: Any) -> Callable[[], Any] | None:
+        cls = getattr(algos, name, None)
+        return None if cls is None else lambda: cls(**kwargs)
+
+    table = {
+        "SAC": (config("SACConfig"), "continuous"),
+        "CQL": (config("CQLConfig"), "continuous"),
+        "CalQL": (config("CalQLConfig"), "continuous"),
+        "IQL": (config("IQLConfig"), "continuous"),
+        "DDPG": (config("DDPGConfig"), "continuous"),
+        "TD3": (config("TD3Config", update_actor_interval=1), "continuous"),
+        "TD3PlusBC": (config("TD3PlusBCConfig", update_actor_interval=1), "continuous"),
+        "AWAC": (config("AWACConfig"), "continuous"),
+        "CRR": (config("CRRConfig"), "continuous"),
+        "BCQ": (config("BCQConfig", rl_start_step=0), "continuous"),
+        "BEAR": (config("BEARConfig"), "continuous"),
+        "PLAS": (config("PLASConfig", warmup_steps=0), "continuous"),
         "PLASWithPerturbation": (
-            lambda: algos.PLASWithPerturbationConfig(warmup_steps=0),
+            config("PLASWithPerturbationConfig", warmup_steps=0),
             "continuous",
         ),
-        "ReBRAC": (algos.ReBRACConfig, "continuous"),
-        "PRDC": (algos.PRDCConfig, "continuous"),
-        "BC": (algos.BCConfig, "continuous"),
-        "DQN": (algos.DQNConfig, "discrete"),
-        "DoubleDQN": (algos.DoubleDQNConfig, "discrete"),
-        "NFQ": (algos.NFQConfig, "discrete"),
-        "DiscreteCQL": (algos.DiscreteCQLConfig, "discrete"),
-        "DiscreteBCQ": (algos.DiscreteBCQConfig, "discrete"),
-        "DiscreteSAC": (algos.DiscreteSACConfig, "discrete"),
-        "DiscreteBC": (algos.DiscreteBCConfig, "discrete"),
-        "DecisionTransformer": (algos.DecisionTransformerConfig, "transformer-continuous"),
+        "ReBRAC": (config("ReBRACConfig"), "continuous"),
+        "PRDC": (config("PRDCConfig"), "continuous"),
+        "BC": (config("BCConfig"), "continuous"),
+        "DQN": (config("DQNConfig"), "discrete"),
+        "DoubleDQN": (config("DoubleDQNConfig"), "discrete"),
+        "NFQ": (config("NFQConfig"), "discrete"),
+        "DiscreteCQL": (config("DiscreteCQLConfig"), "discrete"),
+        "DiscreteBCQ": (config("DiscreteBCQConfig"), "discrete"),
+        "DiscreteSAC": (config("DiscreteSACConfig"), "discrete"),
+        "DiscreteBC": (config("DiscreteBCConfig"), "discrete"),
+        "DecisionTransformer": (config("DecisionTransformerConfig"), "transformer-continuous"),
         "DiscreteDecisionTransformer": (
-            algos.DiscreteDecisionTransformerConfig,
+            config("DiscreteDecisionTransformerConfig"),
             "transformer-discrete",
         ),
-        "TACR": (algos.TACRConfig, "transformer-continuous"),
-        "FQE": (None, "fqe-continuous"),
-        "DiscreteFQE": (None, "fqe-discrete"),
+        "TACR": (config("TACRConfig"), "transformer-continuous"),
     }
+    fqe = {"FQE": (None, "fqe-continuous"), "DiscreteFQE": (None, "fqe-discrete")}
+    return {k: v for k, v in table.items() if v[0] is not None} | fqe
 
 
 def build(name: str, sam: dict[str, Any] | None = None, seed: int = 0) -> tuple[Any, Any]:
