@@ -74,6 +74,14 @@ class SAM(torch.optim.Optimizer):
             value right before every base step.
         eps: added to the gradient norm in the denominator of the perturbation scale.
         **base_kwargs: keyword arguments for ``base`` (e.g. ``lr=1e-3``).
+
+    Notes:
+        ``param_groups`` *is* the base optimizer's list and ``state`` its state, so LR
+        schedulers, momentum schedules and code that inspects the optimizer see one truth.
+        Groups added later with :meth:`add_param_group` go to the base optimizer and are out of
+        ``scope`` when a scope is set. The every_k counter and :attr:`last_sharpness` are kept
+        by :meth:`step`; calling :meth:`first_step`/:meth:`second_step` by hand always makes a
+        SAM step. SAM keeps one persistent copy of the in-scope weights to return to ``w``.
     """
 
     def __init__(
