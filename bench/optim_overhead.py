@@ -7,7 +7,7 @@ machine noise hits them alike; the figure is the median over rounds of the per-r
 Targets from issue 3: SAM <= 2.1x Adam (two forward-backward passes), SAM(every_k=4) <= 1.3x,
 Muon <= 1.15x.
 
-    python bench/optim_overhead.py [--rounds 15] [--updates 20]
+    OMP_NUM_THREADS=1 python bench/optim_overhead.py [--rounds 15] [--updates 20] [--batch 256]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from flatrl.optim import SAM, build_optimizer  # noqa: E402
 from flatrl.optim.cpu_muon import newton_schulz  # noqa: E402
 from torch import nn  # noqa: E402
 
-IN_DIM, HIDDEN, OUT_DIM, BATCH = 64, 256, 16, 256
+IN_DIM, HIDDEN, OUT_DIM = 64, 256, 16
 TARGETS = {"sam": 2.1, "sam_every4": 1.3, "muon": 1.15}
 
 
@@ -120,7 +120,7 @@ def muon_breakdown(x: torch.Tensor, y: torch.Tensor, repeats: int) -> None:
         "  of which Newton-Schulz": median_ms(ns_only, repeats),
     }
     layer_macs = sum(m.in_features * m.out_features for m in model if isinstance(m, nn.Linear))
-    fb_flops = 3 * 2 * BATCH * layer_macs  # forward + two backward matmuls per layer
+    fb_flops = 3 * 2 * x.shape[0] * layer_macs  # forward + two backward matmuls per layer
     ns_flops = sum(5 * 3 * 2 * min(p.shape) ** 2 * max(p.shape) for p in hidden)
     print(f"\nwhere Muon's time goes (median of {repeats}):")
     for name, ms in parts.items():
@@ -136,6 +136,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--updates", type=int, default=20, help="updates per variant per round")
+    parser.add_argument("--batch", type=int, default=256, help="the targets are for 256")
     parser.add_argument(
         "--no-breakdown", action="store_true", help="skip the timing breakdown of a Muon update"
     )
@@ -143,7 +144,8 @@ def main() -> int:
     torch.set_num_threads(1)
 
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(BATCH, IN_DIM, generator=g), torch.randn(BATCH, OUT_DIM, generator=g)
+    x = torch.randn(args.batch, IN_DIM, generator=g)
+    y = torch.randn(args.batch, OUT_DIM, generator=g)
     names = ["adam", "sam", "sam_every4", "muon"]
     updates = {n: make_update(n, x, y) for n in names}
     for n in names:  # warm-up: lazy imports, allocator, optimizer state
@@ -165,7 +167,7 @@ def main() -> int:
             ratios[n].append(round_time[n] / round_time["adam"])
 
     print(
-        f"3x{HIDDEN} MLP regression, batch {BATCH}, CPU, {torch.get_num_threads()} thread, "
+        f"3x{HIDDEN} MLP regression, batch {args.batch}, CPU, {torch.get_num_threads()} thread, "
         f"torch {torch.__version__}; {args.rounds} interleaved rounds x {args.updates} updates"
     )
     print(f"{'variant':<12} {'ms/update':>10} {'ratio vs Adam':>14} {'target':>8}  result")
