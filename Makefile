@@ -27,7 +27,9 @@ help:
 	@echo "make demo    the main job on a small default (see README)"
 	@echo "make lint | refresh NAME=x | rebase NAME=x TO=v | status | clean"
 
-setup: $(VENV)/d3rlpy/.installed $(VENV)/tdmpc2/.installed
+setup:
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(VENV)/d3rlpy/.installed \
+		$(VENV)/tdmpc2/.installed
 
 $(VENV)/%/.installed: requirements/%.txt requirements/constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)/$*
@@ -45,7 +47,9 @@ apply: setup
 	@if [ -d build/d3rlpy ] && [ ! -f $(VENV)/d3rlpy/.d3rlpy-linked ]; then \
 		$(D3) $(PIP) --no-deps -e build/d3rlpy && touch $(VENV)/d3rlpy/.d3rlpy-linked; fi
 
-test: apply test-d3rlpy-env test-tdmpc2-env
+# The two environments' suites run side by side, each single-threaded: 2 cores, no oversubscription.
+test: apply
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-d3rlpy-env test-tdmpc2-env
 
 test-d3rlpy-env:
 	$(D3) -m pytest $(PYTEST_FLAGS) tests --ignore=tests/tdmpc2 --ignore=tests/sac
