@@ -90,3 +90,45 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def console_line(metrics: dict[str, Any]) -> str | None:
+    """The losses upstream's console line leaves out: total loss, sharpness, perturbed loss."""
+    keys = (("total_loss", "loss"), ("sharpness", "sharpness"), ("perturbed_loss", "L(w+e)"))
+    parts = [
+        f"{label} {value:.4g}"
+        for key, label in keys
+        if key in metrics and (value := scalar(metrics[key])) is not None
+    ]
+    return ("   " + "   ".join(parts)) if parts else None
+
+
+class MetricsLogger:
+    """Upstream's Logger plus :class:`MetricsWriter` and a console line with the sharpness.
+
+    A wrapper instead of an edit of upstream's ``common/logger.py`` keeps the patch to one line
+    of ``train.py``; every other attribute (video, model_dir, save_agent, ...) is the wrapped
+    logger's.
+    """
+
+    def __init__(self, logger: Any, cfg: Any) -> None:
+        self._logger = logger
+        tensorboard = bool(cfg.get("tensorboard", False))
+        categories = ("train", "pretrain") if cfg.get("save_csv", True) else ()
+        self._writer = MetricsWriter(cfg.work_dir, categories, tensorboard=tensorboard)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+    def log(self, d: dict[str, Any], category: str = "train") -> None:
+        self._logger.log(d, category)
+        self._writer.write(
+            d, category, int(d.get("iteration" if category == "pretrain" else "step", 0))
+        )
+        line = console_line(d) if category in ("train", "pretrain") else None
+        if line:
+            print(line)
+
+    def finish(self, agent: Any = None) -> None:
+        self._logger.finish(agent)
+        self._writer.close()

@@ -41,7 +41,9 @@ def configure_runtime(cfg: Any) -> Any:
 
     ``compile=true`` uses inductor with CUDA graphs (``mode="reduce-overhead"``), which only
     pays off, and only works reliably, on a GPU: on CPU it is switched off with a warning rather
-    than failing deep inside the first update.
+    than failing deep inside the first update. ``enable_wandb=true`` (upstream's default)
+    without ``wandb_project``/``wandb_entity`` is turned off with a message instead of a login
+    prompt.
     """
     device = resolve_device(getattr(cfg, "device", "auto"))
     cfg.device = str(device)
@@ -53,6 +55,16 @@ def configure_runtime(cfg: Any) -> Any:
         )
         print(f"Warning: compile=true is not supported on {device}; using compile=false.")
         cfg.compile = False
+    if bool(getattr(cfg, "enable_wandb", False)) and (
+        is_unset(getattr(cfg, "wandb_project", None))
+        or is_unset(getattr(cfg, "wandb_entity", None))
+    ):
+        # Upstream would call wandb.init with project "???" and ask for a login.
+        print(
+            "Wandb disabled: enable_wandb=true needs wandb_project=<name> and "
+            "wandb_entity=<name>; pass both to log to wandb, or enable_wandb=false."
+        )
+        cfg.enable_wandb = False
     return cfg
 
 
