@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3000, help="gradient steps per optimizer")
     parser.add_argument("--epochs", type=int, default=5, help="evaluations during training")
     parser.add_argument("--episodes", type=int, default=40, help="dataset episodes (200 steps)")
+    parser.add_argument("--noise", type=float, default=0.3, help="controller action noise std")
+    parser.add_argument("--random-prob", type=float, default=0.1, help="share of random actions")
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=128)
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     dataset, behaviour_return = collect_dataset(
-        args.episodes, noise=0.6, random_prob=0.3, seed=args.seed
+        args.episodes, noise=args.noise, random_prob=args.random_prob, seed=args.seed
     )
     print(
         f"dataset: Pendulum-v1, {dataset.transition_count} transitions from {args.episodes} "
