@@ -30,6 +30,8 @@ class A2CConfig:
     memory_coef: float = 0.1
     max_grad_norm: float = 0.5
     num_minibatches: int = 4
+    update_epochs: int = 4
+    clip_range: float = 0.2
     normalize_advantages: bool = True
 
 
@@ -78,16 +80,25 @@ def history(tokens: torch.Tensor, slot: torch.Tensor, env: torch.Tensor, c: int)
 
 
 @torch.no_grad()
-def rollout_values(model: WorldModel, rollout: Rollout, z_all, tok_all) -> torch.Tensor:
-    """V at slots C .. C+T (T+1 rows) for GAE, with the same windows as acting used."""
+def rollout_values(
+    model: WorldModel, rollout: Rollout, z_all, tok_all
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """V at slots C .. C+T (T+1 rows) for GAE, and log pi(a_t) of the behaviour (T rows),
+    with the same windows as acting used."""
     c, n = rollout.context, rollout.obs.shape[1]
-    t1 = rollout.actions.shape[0] + 1
-    slot = (torch.arange(t1, device=z_all.device) + c).repeat_interleave(n)
-    env = torch.arange(n, device=z_all.device).repeat(t1)
+    t = rollout.actions.shape[0]
+    slot = (torch.arange(t + 1, device=z_all.device) + c).repeat_interleave(n)
+    env = torch.arange(n, device=z_all.device).repeat(t + 1)
     h = model.memory.hidden(
         history(tok_all, slot, env, c), tok_all[slot, env], rollout.hist_len[slot, env]
     )
-    return model.controller.value(z_all[slot, env], h).view(t1, n)
+    z = z_all[slot, env]
+    values = model.controller.value(z, h).view(t + 1, n)
+    k = t * n  # the first T rows of slots are the acted ones
+    logp, _, _ = model.controller.evaluate(
+        z[:k], h[:k], rollout.actions.flatten(0, 1), rollout.plans.flatten(0, 1)
+    )
+    return values, logp.view(t, n)
 
 
 def minibatch_loss(
@@ -97,6 +108,7 @@ def minibatch_loss(
     env: torch.Tensor,
     advantages: torch.Tensor,
     returns: torch.Tensor,
+    old_logp: torch.Tensor,
     z_all: torch.Tensor,
     tok_all: torch.Tensor,
     cfg: A2CConfig,
@@ -114,7 +126,15 @@ def minibatch_loss(
     memory_loss = F.mse_loss(z_pred, z_all[slot + 1, env].detach())
     reward_loss = F.mse_loss(model.reward_predictor(vis.z, h, a_in), rollout.scaled_rewards[t, env])
     adv, ret = advantages[t, env], returns[t, env]
-    policy_loss = -(logp * adv).mean()
+    # ratio = 1 on the first step after a rollout, where this is exactly A2C's -(log pi * A)
+    # gradient; later minibatch steps on the same rollout are kept near the behaviour policy by
+    # PPO's clip (Schulman et al., 2017), which is what makes reusing a rollout safe.
+    ratio = (logp - old_logp[t, env]).exp()
+    if cfg.clip_range > 0:
+        clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+        policy_loss = -torch.min(ratio * adv, clipped * adv).mean()
+    else:
+        policy_loss = -(ratio * adv).mean()
     value_loss = F.mse_loss(value, ret)
     entropy_mean = entropy.mean()
     loss = (
@@ -160,7 +180,8 @@ def a2c_update(
     cfg: A2CConfig,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """GAE on the rollout, then `num_minibatches` gradient steps over its valid transitions.
+    """GAE on the rollout, then `update_epochs` passes of `num_minibatches` gradient steps over
+    its valid transitions (1 x 1 with clip_range 0 is plain A2C).
 
     With a `flatrl.optim.SAM` optimizer each step is a SAM step: the closure recomputes the loss
     on the same minibatch at the perturbed weights (SAM clips the final gradient itself).
@@ -168,7 +189,7 @@ def a2c_update(
     from flatrl.optim import SAM
 
     z_all, tok_all = encode_rollout(model, rollout)
-    values = rollout_values(model, rollout, z_all, tok_all)
+    values, old_logp = rollout_values(model, rollout, z_all, tok_all)
     adv, returns = compute_gae(
         rollout.scaled_rewards,
         values[:-1],
@@ -183,11 +204,16 @@ def a2c_update(
     if cfg.normalize_advantages and t_idx.numel() > 1:
         sel = adv[t_idx, e_idx]
         adv = (adv - sel.mean()) / (sel.std() + 1e-8)
-    perm = torch.randperm(t_idx.numel(), generator=generator).to(t_idx.device)
     sums: dict[str, float] = {}
     grads: dict[str, float] = {}
     sharp: list[float] = []
-    chunks = perm.chunk(max(1, cfg.num_minibatches))
+    chunks = [
+        mb
+        for _ in range(cfg.update_epochs)
+        for mb in torch.randperm(t_idx.numel(), generator=generator)
+        .to(t_idx.device)
+        .chunk(max(1, cfg.num_minibatches))
+    ]
     params = [p for p in model.parameters() if p.requires_grad]
     for mb in chunks:
         t, e = t_idx[mb], e_idx[mb]
@@ -195,7 +221,7 @@ def a2c_update(
         def compute(
             t: torch.Tensor = t, e: torch.Tensor = e
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return minibatch_loss(model, rollout, t, e, adv, returns, z_all, tok_all, cfg)
+            return minibatch_loss(model, rollout, t, e, adv, returns, old_logp, z_all, tok_all, cfg)
 
         optimizer.zero_grad(set_to_none=True)
         loss, parts = compute()

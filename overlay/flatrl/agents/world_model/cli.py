@@ -54,7 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-minibatches",
         type=int,
         default=d.num_minibatches,
-        help="gradient steps per epoch (1 = one plain A2C update per rollout)",
+        help="gradient steps per pass over a rollout",
+    )
+    hp.add_argument(
+        "--update-epochs",
+        type=int,
+        default=d.update_epochs,
+        help="passes over each rollout (1, with --num-minibatches 1 and --clip-range 0: A2C)",
+    )
+    hp.add_argument(
+        "--clip-range",
+        type=float,
+        default=d.clip_range,
+        help="PPO ratio clip for the steps after the first on a rollout (0: none)",
     )
     hp.add_argument(
         "--plan-weight",

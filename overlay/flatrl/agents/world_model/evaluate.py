@@ -11,7 +11,7 @@ from .world_model import WorldModel
 
 @torch.no_grad()
 def evaluate(
-    model: WorldModel, episodes: int, seed: int, device: torch.device, num_envs: int = 10
+    model: WorldModel, episodes: int, seed: int, device: torch.device, num_envs: int = 20
 ) -> list[float]:
     """Returns of `episodes` full episodes, split evenly over `num_envs` envs (no early-episode
     bias: every env plays its fixed share, however long its episodes are)."""

@@ -63,6 +63,8 @@ def a2c_config(cfg: TrainConfig) -> A2CConfig:
         memory_coef=cfg.memory_coef,
         max_grad_norm=cfg.max_grad_norm,
         num_minibatches=cfg.num_minibatches,
+        update_epochs=cfg.update_epochs,
+        clip_range=cfg.clip_range,
     )
 
 
