@@ -8,6 +8,7 @@ next, independently of the global torch RNG), and where on disk a checkpoint liv
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,13 @@ class ReplayMemory:
         self, device: torch.device | str | None = None, batch_size: int | None = None
     ) -> dict[str, torch.Tensor]:
         """A uniform batch (``batch_size`` defaults to the training batch size)."""
-        batch = self._rb.sample(batch_size) if batch_size is not None else self._rb.sample()
+        if batch_size is None:
+            batch = self._rb.sample()
+        else:
+            with warnings.catch_warnings():
+                # torchrl warns that the size differs from the constructor's; that is the point.
+                warnings.filterwarnings("ignore", message="Got conflicting batch_sizes")
+                batch = self._rb.sample(batch_size)
         target = torch.device(device) if device is not None else self.device
         return {k: batch.get(k).to(target) for k in KEYS}
 

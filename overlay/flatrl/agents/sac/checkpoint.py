@@ -97,8 +97,11 @@ def save_checkpoint(paths: RunPaths, state: dict[str, Any], memory: Any | None) 
         replay_path = paths.replay_at(env_steps)
         paths.replay_root.mkdir(parents=True, exist_ok=True)
         memory.save(replay_path)
-    payload = dict(state, format_version=FORMAT_VERSION,
-                   replay_path=None if replay_path is None else str(replay_path))
+    payload = dict(
+        state,
+        format_version=FORMAT_VERSION,
+        replay_path=None if replay_path is None else str(replay_path),
+    )
     tmp = paths.checkpoint.with_name(CHECKPOINT_NAME + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, paths.checkpoint)

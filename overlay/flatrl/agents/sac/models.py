@@ -37,9 +37,7 @@ class MLPConfig:
                 f"{self.num_layers}; set both to positive integers."
             )
         if self.norm not in NORMS:
-            raise ValueError(
-                f"model.norm={self.norm!r} is unknown; use one of {', '.join(NORMS)}."
-            )
+            raise ValueError(f"model.norm={self.norm!r} is unknown; use one of {', '.join(NORMS)}.")
 
 
 class L2Norm(nn.Module):

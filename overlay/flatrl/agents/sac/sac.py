@@ -98,8 +98,11 @@ class SACAgent:
         loss.backward()
         params = list(self.critic.parameters())
         grad_norm = _grad_norm(params, self.cfg.grad_clip)
-        out = {"train/critic_loss": loss.detach(), "train/critic_grad_norm": grad_norm,
-               "train/target_q": target.mean()}
+        out = {
+            "train/critic_loss": loss.detach(),
+            "train/critic_grad_norm": grad_norm,
+            "train/target_q": target.mean(),
+        }
         if self.critic_opt.uses_sam:
 
             def closure() -> torch.Tensor:
@@ -109,12 +112,12 @@ class SACAgent:
                 _grad_norm(params, self.cfg.grad_clip)
                 return perturbed
 
-            perturbed = opt.step(closure, loss=loss.detach())
+            perturbed = self.critic_opt.step(closure, loss=loss.detach())
             if perturbed is not None:
                 out["train/critic_sam_perturbed_loss"] = perturbed
                 out["train/critic_sam_sharpness"] = perturbed - loss.detach()
         else:
-            opt.step()
+            self.critic_opt.step()
         self.critic_opt.after_update()
         return out
 
@@ -128,7 +131,7 @@ class SACAgent:
         actor_params = list(self.actor.parameters())
         actor_loss.backward(inputs=actor_params)
         grad_norm = _grad_norm(actor_params, self.cfg.grad_clip)
-        opt.step()
+        self.actor_opt.step()
         self.actor_opt.after_update()
 
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
@@ -161,8 +164,9 @@ class SACAgent:
         self.num_updates += 1
         return metrics
 
-    def rank_metrics(self, batch: dict[str, torch.Tensor], max_samples: int, top_k: int
-                     ) -> dict[str, float]:
+    def rank_metrics(
+        self, batch: dict[str, torch.Tensor], max_samples: int, top_k: int
+    ) -> dict[str, float]:
         return critic_rank_metrics(self.critic, batch["obs"], batch["action"], max_samples, top_k)
 
     def hyperparameters(self) -> dict[str, float]:

@@ -138,8 +138,9 @@ class ModelSettings:
     log_std_max: float = 2.0
 
     def mlp(self) -> MLPConfig:
-        return MLPConfig(self.hidden_dim, self.num_layers, self.residual, self.norm,
-                         self.spectral_norm)
+        return MLPConfig(
+            self.hidden_dim, self.num_layers, self.residual, self.norm, self.spectral_norm
+        )
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,17 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"model.{key}={getattr(s.model, key)} must be >= 1.")
     if s.env.action_repeat < 1:
         raise ConfigError(f"env.action_repeat={s.env.action_repeat} must be >= 1.")
-    for key in ("total_env_steps", "batch_size", "replay_capacity", "updates_per_step",
-                "actor_update_freq", "target_update_freq", "eval_every_steps",
-                "log_every_steps", "checkpoint_every_steps"):
+    for key in (
+        "total_env_steps",
+        "batch_size",
+        "replay_capacity",
+        "updates_per_step",
+        "actor_update_freq",
+        "target_update_freq",
+        "eval_every_steps",
+        "log_every_steps",
+        "checkpoint_every_steps",
+    ):
         if getattr(t, key) < 1:
             raise ConfigError(f"training.{key}={getattr(t, key)} must be >= 1.")
     for key in ("seed_steps", "eval_episodes"):

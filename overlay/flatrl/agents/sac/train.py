@@ -50,8 +50,7 @@ def train(config: Mapping[str, Any]) -> dict[str, float]:
 def main(cfg: DictConfig) -> float:
     config = OmegaConf.to_container(cfg, resolve=True)
     result = train(config)
-    log.info("final eval return %.1f ± %.1f", result["eval/return_mean"],
-             result["eval/return_std"])
+    log.info("final eval return %.1f ± %.1f", result["eval/return_mean"], result["eval/return_std"])
     # Returned so that optimizing sweepers (e.g. Optuna) can use it as the objective.
     return result["eval/return_mean"]
 

@@ -130,7 +130,8 @@ class Trainer:
 
     def load(self, state: dict[str, Any]) -> None:
         diffs = [
-            d for d in config_differences(state["config"], self.config)
+            d
+            for d in config_differences(state["config"], self.config)
             if not d.startswith(RESUME_FREE_KEYS)
         ]
         if diffs:
@@ -174,8 +175,14 @@ class Trainer:
         self.prepare_run_dir()
         t = self.t
         writer = SummaryWriter(str(self.paths.tensorboard), purge_step=self.resumed_from)
-        bar = tqdm(total=t.total_env_steps, initial=self.env_steps, disable=not t.progress_bar,
-                   desc=self.s.method_name, unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=t.total_env_steps,
+            initial=self.env_steps,
+            disable=not t.progress_bar,
+            desc=self.s.method_name,
+            unit="step",
+            dynamic_ncols=True,
+        )
         obs, episode_return, metrics = self.env.reset(), 0.0, {}
         next_log = self.env_steps + t.log_every_steps
         clock, clock_steps = time.perf_counter(), self.env_steps
@@ -228,8 +235,11 @@ class Trainer:
             bar.close()
             writer.close()
         mean, std = self.last_eval if self.last_eval is not None else (float("nan"),) * 2
-        return {"eval/return_mean": mean, "eval/return_std": std,
-                "env_steps": float(self.env_steps)}
+        return {
+            "eval/return_mean": mean,
+            "eval/return_std": std,
+            "env_steps": float(self.env_steps),
+        }
 
     def _evaluate(self, writer: SummaryWriter) -> None:
         if self.t.eval_episodes == 0:
