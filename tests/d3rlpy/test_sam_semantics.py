@@ -152,3 +152,12 @@ def test_lr_scheduler_steps_once_per_update() -> None:
     initial = config.learning_rate
     expected = initial * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 3 / 10))).item()
     assert wrapper.optim.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_decision_transformer_manual_lr_schedule_reaches_the_base_optimizer() -> None:
+    # Discrete DT sets param_group["lr"] by hand after each step; SAM shares its base's groups.
+    algo, dataset = build("DiscreteDecisionTransformer", sam={"rho": 0.05})
+    metrics = algo.update(sample_batch("DiscreteDecisionTransformer", dataset))
+    base = algo.impl.modules.optim.optim.base_optimizer
+    assert {g["lr"] for g in base.param_groups} == {metrics["learning_rate"]}
+    assert "loss_sharpness" in metrics
