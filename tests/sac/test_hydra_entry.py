@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import TINY
+import pytest
+from hydra import compose, initialize_config_dir
+
+from .conftest import CONFIG_DIR, TINY
 
 
 def test_multirun_sweep_of_two_tiny_runs(tmp_path: Path) -> None:
@@ -60,3 +63,20 @@ def test_bad_config_fails_fast_through_the_entry_point(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "training.critic_optimizer.case='lion' is unknown" in proc.stderr
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_slurm_launcher_choice_extends_submitit_with_defaults() -> None:
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher"
+    )
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="sac_cheetah",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu"
+    assert launcher.gpus_per_node == 1 and launcher.timeout_min == 1440
+    assert launcher.max_num_timeout > 0  # requeued jobs continue with resume=true
