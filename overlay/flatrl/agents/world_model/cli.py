@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="PPO ratio clip for the steps after the first on a rollout (0: none)",
     )
     hp.add_argument(
+        "--planning-start-epoch",
+        type=int,
+        default=d.planning_start_epoch,
+        help="act with the policy alone before this epoch (the seed's advice: no planning "
+        "while the world model is still untrained); evaluation always plans",
+    )
+    hp.add_argument(
         "--plan-weight",
         type=float,
         default=d.plan_weight,

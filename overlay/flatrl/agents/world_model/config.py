@@ -47,6 +47,7 @@ class TrainConfig:
     update_epochs: int = 4
     clip_range: float = 0.2
     plan_weight: float = 0.3
+    planning_start_epoch: int = 100
     memory_window: int | None = None
     memory_layers: int | None = None
     z_dim: int | None = None
@@ -136,6 +137,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             _fail(f"{flag} must be >= 1, got {value}.")
     if cfg.learning_rate <= 0:
         _fail(f"--learning-rate must be > 0, got {cfg.learning_rate}.")
+    if cfg.planning_start_epoch < 0:
+        _fail(f"--planning-start-epoch must be >= 0, got {cfg.planning_start_epoch}.")
     if cfg.planning_horizon < 0:
         _fail(
             f"--planning-horizon must be >= 0 (0 turns planning off), got {cfg.planning_horizon}."

@@ -157,8 +157,9 @@ class RolloutCollector:
         nan = torch.full_like(u, float("nan"))
         return ActResult(u, torch.tanh(u), nan, torch.zeros(n, device=dev))
 
-    def collect(self, random_policy: bool = False) -> Rollout:
-        """One rollout with the current model (or uniform random actions for pre-training)."""
+    def collect(self, random_policy: bool = False, plan: bool = True) -> Rollout:
+        """One rollout with the current model (or uniform random actions for pre-training);
+        plan=False acts with the policy alone (the stored plan then says 'no planner')."""
         spec, C, T, n = self.spec, self.C, self.n_steps, self.num_envs
         ctx = None if random_policy else self._context()
         actions, plans = [], []
@@ -173,7 +174,7 @@ class RolloutCollector:
                 res = self._random_act()
             else:
                 ctx.lengths = self.hist_len[p].clone()
-                res = self.model.act(self.obs[p], self.prev_action[p], ctx)
+                res = self.model.act(self.obs[p], self.prev_action[p], ctx, plan=plan)
             env_action = to_env_action(spec, res.env_action.cpu().numpy())
             next_obs, r, term, trunc, _ = self.envs.step(env_action)
             ok = ~self.reset_pending

@@ -152,7 +152,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if cfg.max_env_steps is not None and env_steps >= cfg.max_env_steps:
                 break
             t0 = time.time()
-            rollout = collector.collect()
+            rollout = collector.collect(plan=epoch >= cfg.planning_start_epoch)
             env_steps += steps_per_epoch
             metrics = a2c_update(model, optimizer, rollout, hp)
             epoch += 1
