@@ -95,10 +95,28 @@ def run_git(
 ) -> subprocess.CompletedProcess[str]:
     """Run git with the tool's fixed identity; raise ToolError with git's message on failure."""
     env = {**os.environ, **GIT_IDENTITY, "GIT_TERMINAL_PROMPT": "0", **(env_extra or {})}
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, text=True, capture_output=True)
+    raw = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True)
+    # decoded by hand: text=True would turn CRLF into LF and corrupt patches of CRLF files
+    proc = subprocess.CompletedProcess(
+        raw.args, raw.returncode, decode(raw.stdout), decode(raw.stderr)
+    )
     if check and proc.returncode != 0:
         raise ToolError(f"git {' '.join(args)} failed in {cwd}:\n{proc.stderr.strip()}")
     return proc
+
+
+def decode(data: bytes) -> str:
+    """Bytes to str with no newline translation; undecodable bytes survive a round trip."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def read_exact(path: Path) -> str:
+    """A file's text exactly as stored (CR characters kept, unlike Path.read_text)."""
+    return decode(path.read_bytes())
+
+
+def write_exact(path: Path, text: str) -> None:
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
 
 
 def sha256_file(path: Path) -> str:
@@ -488,7 +506,7 @@ class Patch:
 
     @classmethod
     def parse(cls, path: Path) -> Patch:
-        text = path.read_text()
+        text = read_exact(path)
         start = text.find("\ndiff --git ")
         if start < 0:
             raise ToolError(
@@ -599,7 +617,7 @@ class Project:
     def unexported_commits(self, name: str) -> list[str]:
         """Commits in the tree that differ from what patches/ holds (by rendered content)."""
         tree = self.tree(name)
-        exported = {p.name: p.read_text() for p in read_series(self.patch_dir(name))}
+        exported = {p.name: read_exact(p) for p in read_series(self.patch_dir(name))}
         rendered = self.render_patches(tree)
         return [fname for fname, text in rendered if exported.get(fname) != text]
 
@@ -674,7 +692,7 @@ class Project:
         if proc.returncode != 0:
             where = re.search(r"patch failed: (.+):(\d+)", proc.stderr)
             if where:
-                hunk = hunk_for_line(path.read_text(), where.group(1), int(where.group(2)))
+                hunk = hunk_for_line(read_exact(path), where.group(1), int(where.group(2)))
                 detail = f"file {where.group(1)}, {hunk} does not apply"
             else:
                 detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?"
@@ -732,7 +750,7 @@ class Project:
         patch_dir = self.patch_dir(name)
         series_text = "".join(f"{fname}\n" for fname, _ in rendered)
         old_series = patch_dir / "series"
-        current = {p.name: p.read_text() for p in patch_dir.glob("*.patch")}
+        current = {p.name: read_exact(p) for p in patch_dir.glob("*.patch")}
         changes = [
             f"{'add' if f not in current else 'update'} {f}"
             for f, text in rendered
@@ -749,7 +767,7 @@ class Project:
         for fname in set(current) - {f for f, _ in rendered}:
             (patch_dir / fname).unlink()
         for fname, text in rendered:
-            (patch_dir / fname).write_text(text)
+            write_exact(patch_dir / fname, text)
         old_series.write_text(series_text)
         # the tree now matches patches/: record that so `apply` sees it as up to date
         pin = self.pin(name)
@@ -869,8 +887,7 @@ class Project:
             clean = subprocess.run(
                 ["git", "apply", "--index", "--whitespace=nowarn", "-"],
                 cwd=tree,
-                input=diff,
-                text=True,
+                input=diff.encode("utf-8", "surrogateescape"),
                 capture_output=True,
                 env={**os.environ, **GIT_IDENTITY},
             )

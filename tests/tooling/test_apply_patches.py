@@ -45,7 +45,12 @@ def write_patch(tree: Path, path: str, edit, subject: str) -> None:
     """Commit an edit inside a patched tree with a proper patch header."""
     target = tree / path
     target.write_text(edit(target.read_text()))
-    git("commit", "-qam", f"{subject}\n\nWhy: a test needs it.\n\nUpstream-Status: Pending", cwd=tree)
+    git(
+        "commit",
+        "-qam",
+        f"{subject}\n\nWhy: a test needs it.\n\nUpstream-Status: Pending",
+        cwd=tree,
+    )
 
 
 def replace_line(number: int, new: str):
@@ -330,3 +335,25 @@ def test_real_d3rlpy_sdist_applies_with_an_empty_series(tmp_path: Path) -> None:
     pin = apply_patches.Pin.load(root / "vendor" / "d3rlpy.toml")
     assert apply_patches.tree_sha256(tree) == pin.tree_sha256
     assert (tree / "d3rlpy" / "optimizers" / "optimizers.py").is_file()
+
+
+def test_crlf_files_survive_refresh_and_apply(project) -> None:
+    """A patch to a CRLF file (TD-MPC2 has one) must keep its CRs through export and re-apply."""
+    root, upstream, commits, tool = project
+    (upstream / "dos.txt").write_bytes(b"one\r\ntwo\r\nthree\r\n")
+    git("add", "dos.txt", cwd=upstream)
+    git("commit", "-qm", "crlf", cwd=upstream)
+    crlf = git("rev-parse", "HEAD", cwd=upstream)
+    pin = root / "vendor" / "toy.toml"
+    pin.write_text(pin.read_text().replace(commits["v1"], crlf))
+    assert tool("apply").returncode == 0
+    tree = root / "build" / "toy"
+    (tree / "dos.txt").write_bytes(b"one\r\nTWO\r\nthree\r\n")
+    git("commit", "-qam", "Shout two\n\nWhy: test.\n\nUpstream-Status: Pending", cwd=tree)
+    assert tool("refresh", "toy").returncode == 0
+    assert b"+TWO\r\n" in (root / "patches" / "toy" / "0001-shout-two.patch").read_bytes()
+    shutil.rmtree(root / "build")
+    result = tool("apply")
+    assert result.returncode == 0, result.stderr
+    assert (tree / "dos.txt").read_bytes() == b"one\r\nTWO\r\nthree\r\n"
+    assert tool("refresh", "--check").returncode == 0
