@@ -57,12 +57,16 @@ def evaluate(agent: SACAgent, settings: Settings, episodes: int) -> tuple[float,
     """
     env = DMCEnv(settings.env.task, settings.seed + 100_000, settings.env.action_repeat)
     returns = []
-    for _ in range(episodes):
-        obs, done, total = env.reset(), False, 0.0
-        while not done:
-            obs, reward, _, done = env.step(agent.act(obs, deterministic=True))
-            total += reward
-        returns.append(total)
+    agent.actor.eval()  # spectral norm must not advance its power iteration while evaluating
+    try:
+        for _ in range(episodes):
+            obs, done, total = env.reset(), False, 0.0
+            while not done:
+                obs, reward, _, done = env.step(agent.act(obs, deterministic=True))
+                total += reward
+            returns.append(total)
+    finally:
+        agent.actor.train()
     return float(np.mean(returns)), float(np.std(returns))
 
 
@@ -187,6 +191,7 @@ class Trainer:
         next_log = self.env_steps + t.log_every_steps
         clock, clock_steps = time.perf_counter(), self.env_steps
         saved_at = None
+        postfix: dict[str, str] = {}
         try:
             while self.env_steps < t.total_env_steps:
                 if self.env_steps < t.seed_steps:
@@ -208,13 +213,15 @@ class Trainer:
                     self._log(writer, metrics, self.env_steps)
                     self._log(writer, self.agent.hyperparameters(), self.env_steps)
                     writer.add_scalar("time/steps_per_second", sps, self.env_steps)
-                    bar.set_postfix(sps=f"{sps:.0f}", refresh=False)
+                    postfix["steps/s"] = f"{sps:.0f}"
+                    bar.set_postfix(postfix, refresh=False)
                     next_log += t.log_every_steps
 
                 if done:
                     self.episodes += 1
                     writer.add_scalar("train/episode_return", episode_return, self.env_steps)
-                    bar.set_postfix(ep_return=f"{episode_return:.1f}", refresh=False)
+                    postfix["ep_return"] = f"{episode_return:.1f}"
+                    bar.set_postfix(postfix, refresh=False)
                     if self.env_steps >= self.next_eval:
                         self._evaluate(writer)
                         while self.next_eval <= self.env_steps:
