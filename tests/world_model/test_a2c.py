@@ -77,3 +77,35 @@ def test_rollout_pairs_reward_with_its_action_across_autoreset(timing_env_id, wi
     r2 = collector.collect()
     assert r2.obs[c, 0, 0] == r.obs[c + 12, 0, 0]
     envs.close()
+
+
+def test_training_windows_reproduce_the_behaviour_log_prob(timing_env_id):
+    """Before any update the ratio pi/pi_behaviour is 1 on every transition: the memory
+    windows rebuilt for training match the ones the rollout was scored with, so the first
+    gradient step is exactly A2C's -(log pi * A)."""
+    from flatrl.agents.world_model.a2c import (
+        A2CConfig,
+        encode_rollout,
+        minibatch_loss,
+        rollout_values,
+    )
+
+    torch.manual_seed(0)
+    spec = describe_env(timing_env_id)
+    model = WorldModel(
+        spec, ModelConfig(z_dim=8, d_model=16, memory_window=4, memory_heads=2, planning_horizon=2)
+    )
+    envs = make_vector_env(timing_env_id, 3, seed=1)
+    collector = RolloutCollector(envs, model, 10, torch.device("cpu"), seed=1, gamma=0.99)
+    collector.collect()
+    r = collector.collect()  # the second rollout starts with a carried-over history
+    z_all, tok_all = encode_rollout(model, r)
+    values, old_logp = rollout_values(model, r, z_all, tok_all)
+    t, e = r.valid.nonzero(as_tuple=True)
+    ones = torch.ones_like(r.rewards)
+    _, parts = minibatch_loss(
+        model, r, t, e, ones, ones, old_logp, z_all, tok_all, A2CConfig(clip_range=0.0)
+    )
+    torch.testing.assert_close(parts["policy_loss"], torch.tensor(-1.0))
+    assert values.shape == (11, 3)
+    envs.close()
