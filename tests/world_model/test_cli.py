@@ -127,3 +127,39 @@ def test_sam_on_memory_trains(tmp_path):
     ]
     result = train(parse_config(argv))
     assert "train/sharpness" in _tags(result.log_dir)
+
+
+def test_short_carracing_run_trains_the_image_pipeline(tmp_path):
+    pytest.importorskip("Box2D", reason="CarRacing needs Box2D (gymnasium[box2d] / box2d)")
+    argv = [
+        "--env-name",
+        "CarRacing-v3",
+        "--use-improved-controller",
+        "--use-a2c",
+        "--max-epoch",
+        "1",
+        "--n-steps",
+        "4",
+        "--env-batch-number",
+        "1",
+        "--planning-horizon",
+        "1",
+        "--planning-start-epoch",
+        "0",
+        "--memory-window",
+        "3",
+        "--num-minibatches",
+        "1",
+        "--update-epochs",
+        "1",
+        "--no-progress",
+        "--save-path",
+        str(tmp_path) + "/",
+        "--log-dir",
+        str(tmp_path / "runs"),
+    ]
+    result = train(parse_config(argv))
+    state = load(result.last_checkpoint, torch.device("cpu"))
+    assert state["env_steps"] == 4
+    tags = _tags(result.log_dir)
+    assert {"train/vision_loss", "train/memory_loss", "gradients/vision_norm"} <= tags
