@@ -52,6 +52,9 @@ def _config(args: argparse.Namespace, case: str, seed: int, root: str) -> dict:
         f"training.replay_dir={root}/replay",
         f"training.actor_optimizer.case={case}",
         f"training.critic_optimizer.case={case}",
+        f"training.actor_optimizer.lr={args.lr}",
+        f"training.critic_optimizer.lr={args.lr}",
+        f"training.tau={args.tau}",
     ]
     config_dir = str(Path(sac_train.__file__).parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--seed-steps", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3, help="actor and critic (and Muon) lr")
+    parser.add_argument("--tau", type=float, default=0.01, help="target-critic update rate")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, 1 thread each")
     args = parser.parse_args()
@@ -90,7 +95,8 @@ def main() -> None:
     results: dict[str, list[float]] = {case: [] for case in cases}
     print(
         f"{len(runs)} runs: {args.task}, {args.env_steps} env steps, action repeat "
-        f"{args.action_repeat}, width {args.hidden}, batch {args.batch}, CPU, 1 thread each",
+        f"{args.action_repeat}, width {args.hidden}, batch {args.batch}, lr {args.lr}, "
+        f"tau {args.tau}, CPU, 1 thread each",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as root:
