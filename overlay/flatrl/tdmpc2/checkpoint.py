@@ -64,6 +64,11 @@ def check_resume(cfg: Any) -> None:
     """Fail before training if ``resume=true`` has no checkpoint file to resume from."""
     if not bool(getattr(cfg, "resume", False)):
         return
+    if getattr(cfg, "multitask", False):
+        raise ValueError(
+            f"resume=true is supported for single-task online training only; task={cfg.task} "
+            "trains offline on the multi-task dataset: drop resume=true."
+        )
     checkpoint = getattr(cfg, "checkpoint", None)
     if is_unset(checkpoint):
         raise ValueError(
