@@ -1,0 +1,191 @@
+"""Update-time overhead of SAM over Adam in the patched TD-MPC2, measured side by side.
+
+For each (model_size, batch_size) the script builds three agents of the patched tree
+(``optimizer=Adam``, ``optimizer=SAM``, ``optimizer=SAM sam_every=4``) on the same synthetic
+batches and times their ``_update`` in interleaved rounds (Adam, SAM, SAM/4, Adam, ...), so
+that machine load hits all three alike; the figure is the ratio of the median round times.
+Only the world-model pass is repeated by SAM (TD targets and the policy update run once), so
+full SAM should cost well under 2x. Targets: <= 1.5x for full SAM, <= 1.15x for sam_every=4.
+
+    python bench/tdmpc2_overhead.py                       # CPU, one thread
+    python bench/tdmpc2_overhead.py --device cuda --compile   # or: device=cuda compile=true
+
+Needs the patched tree (``apply_patches.py apply tdmpc2``) and the tdmpc2 environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TREE = REPO / "build" / "tdmpc2" / "tdmpc2"
+OBS_DIM, ACTION_DIM, EPISODE_LENGTH = 5, 1, 500
+CASES = (
+    ("adam", {"optimizer": "Adam"}),
+    ("sam", {"optimizer": "SAM", "sam_rho": 0.05}),
+    ("sam_every4", {"optimizer": "SAM", "sam_rho": 0.05, "sam_every": 4}),
+)
+TARGETS = {"sam": 1.5, "sam_every4": 1.15}
+
+
+def _hydra_style(argv: list[str]) -> list[str]:
+    """Accept TD-MPC2 spelling too: ``device=cuda compile=true`` = ``--device cuda --compile``."""
+    out: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key == "device":
+            out += ["--device", value]
+        elif sep and key == "compile":
+            out += ["--compile"] if value.lower() in ("true", "1", "yes") else []
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", type=Path, default=DEFAULT_TREE, help="patched tdmpc2/ folder")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+    parser.add_argument("--compile", action="store_true", help="compile=true (CUDA only)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5], help="model sizes")
+    parser.add_argument("--batches", type=int, nargs="+", default=[256, 64], help="batch sizes")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--updates", type=int, default=4, help="updates per round (multiple of 4)")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed updates per agent")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(_hydra_style(sys.argv[1:]))
+    if args.updates % 4:
+        parser.error("--updates must be a multiple of 4 so that sam_every=4 rounds are alike")
+    if not (args.tree / "train.py").is_file():
+        parser.error(
+            f"no patched TD-MPC2 tree at {args.tree}; build it with "
+            "`python3 apply_patches.py apply tdmpc2` or pass --tree."
+        )
+    return args
+
+
+def import_tree(tree: Path) -> None:
+    """Make the tree's top-level modules (common, tdmpc2, ...) importable, as train.py does."""
+    os.chdir(tree)
+    sys.path.insert(0, str(tree))
+
+
+def make_agent(size: int, batch: int, case: dict[str, Any], args: argparse.Namespace) -> Any:
+    import hydra.utils
+    from common.parser import parse_cfg
+    from common.seed import set_seed
+    from flatrl.tdmpc2.runtime import configure_runtime
+    from omegaconf import OmegaConf
+    from tdmpc2 import TDMPC2
+
+    hydra.utils.get_original_cwd = lambda: str(args.tree)  # parse_cfg outside a Hydra app
+    cfg = OmegaConf.load("config.yaml")
+    cfg.pop("defaults", None)
+    settings = dict(task="cartpole-swingup", model_size=size, batch_size=batch, seed=1)
+    settings.update(device=args.device, compile=args.compile, enable_wandb=False, **case)
+    for key, value in settings.items():
+        cfg[key] = value
+    cfg = configure_runtime(parse_cfg(cfg))
+    cfg.obs_shape, cfg.action_dim = {"state": (OBS_DIM,)}, ACTION_DIM
+    cfg.episode_length, cfg.seed_steps = EPISODE_LENGTH, EPISODE_LENGTH
+    set_seed(cfg.seed)
+    return TDMPC2(cfg)
+
+
+def make_batch(agent: Any, seed: int) -> tuple[Any, ...]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    h, b, dev = agent.cfg.horizon, agent.cfg.batch_size, agent.device
+    obs = torch.randn(h + 1, b, OBS_DIM, generator=g).to(dev)
+    action = (torch.rand(h, b, ACTION_DIM, generator=g) * 2 - 1).to(dev)
+    reward = torch.randn(h, b, 1, generator=g).to(dev)
+    return obs, action, reward, torch.zeros(h, b, 1, device=dev)
+
+
+def run_updates(agent: Any, batch: tuple[Any, ...], n: int) -> float:
+    import torch
+
+    # CPU: this process's CPU time (one thread), which other processes' load barely moves;
+    # CUDA: wall time with synchronisation.
+    cuda = agent.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    if cuda:
+        torch.cuda.synchronize()
+    start = clock()
+    for _ in range(n):
+        torch.compiler.cudagraph_mark_step_begin()
+        agent._update(*batch)
+    if cuda:
+        torch.cuda.synchronize()
+    return (clock() - start) / n
+
+
+def measure(size: int, batch: int, args: argparse.Namespace) -> dict[str, float]:
+    agents = {name: make_agent(size, batch, case, args) for name, case in CASES}
+    data = make_batch(agents["adam"], seed=size * 1000 + batch)
+    for agent in agents.values():
+        run_updates(agent, data, args.warmup)
+    times: dict[str, list[float]] = {name: [] for name in agents}
+    names = list(agents)
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        for name in order:
+            times[name].append(run_updates(agents[name], data, args.updates))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    import_tree(args.tree)
+    import io
+    from contextlib import redirect_stdout
+
+    rows = []
+    for size in args.sizes:
+        for batch in args.batches:
+            with redirect_stdout(io.StringIO()):  # the agents' construction chatter
+                med = measure(size, batch, args)
+            rows.append((size, batch, med))
+            print(f"measured model_size={size} batch={batch}", file=sys.stderr, flush=True)
+
+    device = f"{args.device}{' compile' if args.compile else ''}"
+    threads = f", {args.threads} thread(s), process CPU time" if args.device == "cpu" else ""
+    print(f"\nTD-MPC2 update time, SAM vs Adam ({device}{threads}; median of {args.rounds} rounds)")
+    header = (
+        f"{'size':>5} {'batch':>6} {'adam ms':>9} {'sam ms':>9} {'sam/adam':>9} "
+        f"{'sam/4 ms':>9} {'sam/4 / adam':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    worst = {"sam": 0.0, "sam_every4": 0.0}
+    for size, batch, med in rows:
+        r_sam, r_sam4 = med["sam"] / med["adam"], med["sam_every4"] / med["adam"]
+        worst["sam"], worst["sam_every4"] = (
+            max(worst["sam"], r_sam),
+            max(worst["sam_every4"], r_sam4),
+        )
+        print(
+            f"{size:>5} {batch:>6} {med['adam'] * 1e3:>9.1f} {med['sam'] * 1e3:>9.1f} "
+            f"{r_sam:>8.2f}x {med['sam_every4'] * 1e3:>9.1f} {r_sam4:>12.2f}x"
+        )
+    for name, target in TARGETS.items():
+        verdict = "met" if worst[name] <= target else "NOT met"
+        print(f"target {name}: worst {worst[name]:.2f}x <= {target}x: {verdict}")
+    print(f"command: {command}")
+
+
+if __name__ == "__main__":
+    main()
