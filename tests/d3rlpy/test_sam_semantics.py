@@ -161,3 +161,21 @@ def test_decision_transformer_manual_lr_schedule_reaches_the_base_optimizer() ->
     base = algo.impl.modules.optim.optim.base_optimizer
     assert {g["lr"] for g in base.param_groups} == {metrics["learning_rate"]}
     assert "loss_sharpness" in metrics
+
+
+def test_closure_leaves_other_networks_gradients_as_the_first_pass_left_them() -> None:
+    """The actor's closure backpropagates through the Q-functions without adding to their
+    .grad: after the update they hold the first pass's gradient, exactly as with Adam."""
+    _, dataset = build("SAC")
+    torch.manual_seed(0)
+    batch = sample_batch("SAC", dataset)
+    grads = {}
+    for label, sam in (("adam", None), ("sam", {"rho": TINY_RHO})):
+        algo, _ = build("SAC", sam=sam)
+        torch.manual_seed(5)
+        algo.update(batch)
+        grads[label] = [p.grad.clone() for p in algo.impl.modules.q_funcs.parameters()]
+        assert all(p.requires_grad for p in algo.impl.modules.q_funcs.parameters())
+        assert all(p.requires_grad for p in algo.impl.modules.policy.parameters())
+    for a, s in zip(grads["adam"], grads["sam"], strict=True):
+        torch.testing.assert_close(s, a, rtol=1e-5, atol=1e-7)

@@ -12,6 +12,8 @@ differ from the first only in the weights. :func:`optimizer_update` provides tha
 * **Targets computed once.** ``impl.compute_target`` returns the first pass's value during the
   closure (the target networks do not move between the passes; recomputing would cost time and,
   with sampling, change the target).
+* **Only the needed gradients.** In the closure, parameters the stepping optimizer does not
+  own are frozen (no weight gradients are computed for them); not under DDP.
 * **No nested optimizer steps twice.** SAC's temperature, CQL's and BEAR's alpha are stepped
   *inside* the loss code; while a closure runs, every other optimizer step is skipped (see
   :func:`nested_steps_suppressed`), so they step exactly once per update.
@@ -22,7 +24,9 @@ Without SAM the update is exactly upstream's: ``compute_grad()`` then ``optim.st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -101,6 +105,71 @@ def _frozen_targets(impl: Any) -> Iterator[None]:
         del impl.compute_target
 
 
+_FOREIGN_PARAMS: weakref.WeakKeyDictionary[Any, list[torch.nn.Parameter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _foreign_params(impl: Any, optim: Any) -> list[torch.nn.Parameter]:
+    """Trainable parameters of ``impl`` that ``optim`` does not update (cached per optimizer).
+
+    Empty under DDP: its reducer expects a gradient for every parameter it wraps in every
+    backward pass, so nothing may be frozen there.
+    """
+    if optim in _FOREIGN_PARAMS:
+        return _FOREIGN_PARAMS[optim]
+    modules = getattr(impl, "modules", None)
+    networks = (
+        [getattr(modules, f.name) for f in dataclasses.fields(modules)]
+        if dataclasses.is_dataclass(modules)
+        else []
+    )
+    networks = [m for m in networks if isinstance(m, torch.nn.Module)]
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if any(isinstance(sub, ddp) for m in networks for sub in m.modules()):
+        foreign: list[torch.nn.Parameter] = []
+    else:
+        own = {id(p) for group in optim.optim.param_groups for p in group["params"]}
+        seen: set[int] = set()
+        foreign = []
+        for network in networks:
+            for p in network.parameters():
+                if p.requires_grad and id(p) not in own and id(p) not in seen:
+                    seen.add(id(p))
+                    foreign.append(p)
+    _FOREIGN_PARAMS[optim] = foreign
+    return foreign
+
+
+@contextlib.contextmanager
+def _requires_grad(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Let ``params`` take gradients within the block, whatever an enclosing closure froze."""
+    previous = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, previous, strict=True):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _gradients_only_for_own_params(foreign: list[torch.nn.Parameter]) -> Iterator[None]:
+    """In the closure, skip weight gradients that no optimizer would use in this update.
+
+    E.g. the actor's closure backpropagates through the Q-functions to the action but needs no
+    gradient for the Q-functions' weights; the first pass still computes them as upstream does.
+    """
+    for p in foreign:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in foreign:
+            p.requires_grad_(True)
+
+
 def sharpness_key(loss_key: str) -> str:
     """``critic_loss`` -> ``critic_sharpness``; ``loss`` -> ``loss_sharpness``."""
     stem = loss_key[: -len("_loss")] if loss_key.endswith("_loss") else loss_key
@@ -128,6 +197,14 @@ def optimizer_update(
         ``compute_grad``'s result from the first pass, and ``{"<name>_sharpness": value}`` on a
         SAM step (empty otherwise, so plain training logs exactly upstream's keys).
     """
+    if nested_steps_suppressed():
+        # Re-run inside another optimizer's SAM closure (e.g. SAC's temperature inside the
+        # actor's): recompute for the caller's return value; the step itself is skipped.
+        own = [p for group in optim.optim.param_groups for p in group["params"]]
+        with _requires_grad(own):
+            out = compute_grad()
+        optim.step()
+        return out, {}
     if not isinstance(optim.optim, SAM):
         out = compute_grad()
         optim.step()
@@ -138,8 +215,14 @@ def optimizer_update(
         before_first_pass = RNGSnapshot(device)
         out = compute_grad()
 
+        foreign = _foreign_params(impl, optim)
+
         def closure() -> torch.Tensor:
-            with replayed_rng(before_first_pass, device), _inside_closure():
+            with (
+                replayed_rng(before_first_pass, device),
+                _inside_closure(),
+                _gradients_only_for_own_params(foreign),
+            ):
                 return loss_of(compute_grad())
 
         optim.step(closure, loss=loss_of(out))
