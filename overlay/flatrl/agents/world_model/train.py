@@ -107,23 +107,28 @@ def train(cfg: TrainConfig) -> TrainResult:
         parts = checkpoint.load_weights(model, cfg.load_path, cfg.env_name)
         tqdm.write(f"loaded {', '.join(parts)} from {cfg.load_path}")
     optimizer = build_optimizer(model, cfg)
-    envs = make_vector_env(cfg.env_name, cfg.num_envs, cfg.seed)
-    collector = RolloutCollector(
-        envs, model, cfg.n_steps, device, cfg.seed, cfg.gamma, cfg.normalize_rewards
-    )
     epoch, env_steps, best = 0, 0, -float("inf")
     log_dir = os.path.join(cfg.log_dir, run_name(cfg))
     resume = cfg.resume_path()
+    state = None
     if resume is not None:
         state = checkpoint.load(resume, device)
         checkpoint.check_compatible(state, model.cfg, cfg.env_name, resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        epoch, env_steps, best = state["epoch"], state["env_steps"], state["best_reward"]
+        log_dir = state["log_dir"]
+    # Episodes in flight cannot be saved; a resumed run starts fresh ones, seeded apart from the
+    # episodes the first part of the run already played.
+    env_seed = cfg.seed + 7919 * epoch
+    envs = make_vector_env(cfg.env_name, cfg.num_envs, env_seed)
+    collector = RolloutCollector(
+        envs, model, cfg.n_steps, device, env_seed, cfg.gamma, cfg.normalize_rewards
+    )
+    if state is not None:
         collector.normalizer.load_state_dict(state["normalizer"])
         collector.episodes.returns.extend(state["episode_returns"])
         checkpoint.set_rng_state(state["rng"])
-        epoch, env_steps, best = state["epoch"], state["env_steps"], state["best_reward"]
-        log_dir = state["log_dir"]
         tqdm.write(f"resumed from {resume} at epoch {epoch} ({env_steps} env steps)")
     writer = SummaryWriter(log_dir=log_dir, purge_step=epoch if resume else None)
     hp = a2c_config(cfg)
