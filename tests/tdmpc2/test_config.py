@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
-from conftest import QUICK, run_train
+from tdmpc2_support import QUICK, run_train
 
 pytest.importorskip("torch", reason="flatrl.tdmpc2 needs torch")
 optimizers = pytest.importorskip("flatrl.tdmpc2.optimizers", reason="flatrl is not installed")

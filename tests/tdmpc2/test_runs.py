@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, run_train
+from tdmpc2_support import QUICK, run_train
 
 pytestmark = [pytest.mark.tdmpc2, pytest.mark.slow]
 SEED_UPDATES = 8  # QUICK's seed_updates

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TREE, run_probe
+from tdmpc2_support import REPO, TREE, run_probe
 
 pytestmark = pytest.mark.tdmpc2
 UPDATES = 4
