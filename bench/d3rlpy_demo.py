@@ -90,6 +90,9 @@ def make_config(algo: str, batch_size: int, hidden: int) -> Any:
         "actor_encoder_factory": encoder,
         "critic_encoder_factory": encoder,
         "action_scaler": d3rlpy.preprocessing.MinMaxActionScaler(minimum=-2.0, maximum=2.0),
+        # Pendulum's rewards reach -16 per step; scaled down, Q-values stay small enough to fit
+        # in a few thousand steps.
+        "reward_scaler": d3rlpy.preprocessing.MultiplyRewardScaler(0.1),
     }
     if algo == "iql":
         return d3rlpy.algos.IQLConfig(
