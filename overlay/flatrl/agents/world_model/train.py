@@ -154,8 +154,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     bar = tqdm(total=cfg.max_epoch, initial=epoch, disable=not cfg.progress, desc=cfg.env_name)
     try:
         while epoch < cfg.max_epoch:
-            if cfg.max_env_steps is not None and env_steps >= cfg.max_env_steps:
-                break
+            if cfg.max_env_steps is not None and env_steps + steps_per_epoch > cfg.max_env_steps:
+                break  # a budget is a cap: never start an epoch that would overrun it
             t0 = time.time()
             rollout = collector.collect(plan=epoch >= cfg.planning_start_epoch)
             env_steps += steps_per_epoch
