@@ -163,3 +163,26 @@ def test_short_carracing_run_trains_the_image_pipeline(tmp_path):
     assert state["env_steps"] == 4
     tags = _tags(result.log_dir)
     assert {"train/vision_loss", "train/memory_loss", "gradients/vision_norm"} <= tags
+
+
+def test_env_step_budget_is_a_cap(tmp_path):
+    argv = [
+        *CARTPOLE,
+        "--max-epoch",
+        "10",
+        "--n-steps",
+        "16",
+        "--env-batch-number",
+        "4",
+        "--max-env-steps",
+        "100",
+        "--no-progress",
+        "--planning-horizon",
+        "0",
+        "--save-path",
+        str(tmp_path) + "/",
+        "--log-dir",
+        str(tmp_path / "runs"),
+    ]
+    result = train(parse_config(argv))
+    assert result.env_steps == 64 and result.epochs == 1  # a 2nd epoch would reach 128 > 100
