@@ -146,3 +146,11 @@ def test_fresh_start_refuses_to_overwrite_a_checkpoint(runs: dict[str, Any]) -> 
     config, _ = runs["adamw"]
     with pytest.raises(ValueError, match="resume=true"):
         train(config)
+
+
+def test_resume_with_an_incompatible_config_is_one_clear_error(runs: dict[str, Any]) -> None:
+    root = runs["root"]
+    config = tiny_config(root, *ADAMW[:1], "training.critic_optimizer.case=muon", "resume=true")
+    with pytest.raises(ValueError, match="does not fit this config") as info:
+        train(config)
+    assert "training.critic_optimizer.case: 'adamw' -> 'muon'" in str(info.value)

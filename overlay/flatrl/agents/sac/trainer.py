@@ -140,7 +140,14 @@ class Trainer:
         ]
         if diffs:
             log.warning("resuming with a config that differs from the checkpoint's: %s", diffs)
-        self.agent.load_state_dict(state["agent"])
+        try:
+            self.agent.load_state_dict(state["agent"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"{self.paths.checkpoint} does not fit this config ({err}); config changes since "
+                f"it was saved: {diffs or 'none found'}. Resume with the run's original settings, "
+                "or start a new run under another method_name."
+            ) from err
         if state.get("replay_path") is not None:
             self.memory.load(state["replay_path"])
         elif self.t.save_replay:
