@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from flatrl.agents.sac.muon_cpu import float32_newton_schulz_on_cpu
 from flatrl.agents.sac.settings import OptimizerSettings, ScheduleSettings
 from flatrl.optim import SAM, DelayedMomentum, build_optimizer, get_momentum
 
@@ -31,14 +30,10 @@ class NetworkOptimizer:
         return isinstance(self.optimizer, SAM)
 
     def step(self, closure: Any = None, loss: torch.Tensor | None = None) -> Any:
-        """Step the optimizer (SAM needs ``closure``; ``loss`` feeds its sharpness log).
-
-        Muon's orthogonalisation runs in float32 on CPU (see :mod:`muon_cpu` for why).
-        """
-        with float32_newton_schulz_on_cpu():
-            if self.uses_sam:
-                return self.optimizer.step(closure, loss=loss)
-            return self.optimizer.step()
+        """Step the optimizer (SAM needs ``closure``; ``loss`` feeds its sharpness log)."""
+        if self.uses_sam:
+            return self.optimizer.step(closure, loss=loss)
+        return self.optimizer.step()
 
     def after_update(self) -> None:
         """Advance the momentum schedule by one update (no-op when disabled)."""
