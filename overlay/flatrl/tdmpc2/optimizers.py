@@ -9,7 +9,7 @@ upstream behaviour) or:
   learning rates kept) and perturbs the parameters of ``sam_scope`` only; with
   ``sam_scope=policy`` it wraps the policy Adam instead and the world model keeps plain Adam.
   The gradient the base step uses is clipped to ``grad_clip_norm`` (SAM's ``clip_grad_norm``).
-* ``optimizer=Muon``: the world model's hidden 2-D weights go to ``torch.optim.Muon`` (split by
+* ``optimizer=Muon``: the world model's hidden 2-D weights go to ``flatrl.optim.Muon`` (split by
   :func:`flatrl.optim.muon_param_groups` per module, so each MLP keeps its first and last layer
   on Adam); everything else stays on Adam with the same groups, in one
   :class:`flatrl.optim.CompositeOptimizer`. The Q ensemble stores its weights stacked as 3-D
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flatrl.optim import SAM, CompositeOptimizer, muon_param_groups
+from flatrl.optim import SAM, CompositeOptimizer, Muon, muon_param_groups
 
 OPTIMIZERS = ("adam", "sam", "muon")
 SCOPES = ("world_model", "encoder_dynamics", "dynamics", "reward_value", "policy")
@@ -151,7 +151,7 @@ def _muon_world_model(model: nn.Module, cfg: Any, capturable: bool) -> torch.opt
         # No weight decay, as upstream's Adam (torch's Muon default is 0.1); update RMS matched
         # to AdamW's so that TD-MPC2's Adam learning rate carries over.
         optimizers.append(
-            torch.optim.Muon(
+            Muon(
                 muon_groups, lr=cfg.lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw"
             )
         )
