@@ -151,9 +151,7 @@ def _muon_world_model(model: nn.Module, cfg: Any, capturable: bool) -> torch.opt
         # No weight decay, as upstream's Adam (torch's Muon default is 0.1); update RMS matched
         # to AdamW's so that TD-MPC2's Adam learning rate carries over.
         optimizers.append(
-            Muon(
-                muon_groups, lr=cfg.lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw"
-            )
+            Muon(muon_groups, lr=cfg.lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
         )
     optimizers.append(torch.optim.Adam(adam_groups, lr=cfg.lr, capturable=capturable))
     return CompositeOptimizer(optimizers)
