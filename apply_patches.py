@@ -394,34 +394,34 @@ class Sources:
                     + self.how_to_supply(pin)
                 ) from exc
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            spec = f"{pin.package or pin.name}=={pin.version}"
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--no-binary",
-                    ":all:",
-                    "-q",
-                    "-d",
-                    tmp,
-                    spec,
-                ],
-                capture_output=True,
-                text=True,
-            )
-            files = list(Path(tmp).glob("*.tar.gz")) + list(Path(tmp).glob("*.zip"))
-            if proc.returncode != 0 or not files:
-                raise SourceUnavailable(
-                    f"{pin.name}: cannot obtain {pin.ref}: no override ({pin.env_var}), not in the "
-                    f"cache {self._sdist_cache_path(pin)}, and pip download failed "
-                    f"({last_error_line(proc.stderr)}). " + self.how_to_supply(pin)
-                )
-            self._check_sha256(pin, files[0])
-            self._cache_sdist(pin, files[0])
+        try:
+            sdist = self._pip_download(f"{pin.package or pin.name}=={pin.version}")
+        except SourceUnavailable as exc:
+            raise SourceUnavailable(
+                f"{pin.name}: cannot obtain {pin.ref}: no override ({pin.env_var}), not in the "
+                f"cache {self._sdist_cache_path(pin)}, and {exc}. " + self.how_to_supply(pin)
+            ) from exc
+        try:
+            self._check_sha256(pin, sdist)
+            self._cache_sdist(pin, sdist)
+        finally:
+            shutil.rmtree(sdist.parent, ignore_errors=True)
+
+    @staticmethod
+    def _pip_download(spec: str) -> Path:
+        """Download one sdist with pip into a fresh temporary directory; return its path."""
+        tmp = tempfile.mkdtemp(prefix="flatrl-sdist-")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q"]
+            + ["-d", tmp, spec],
+            capture_output=True,
+            text=True,
+        )
+        files = list(Path(tmp).glob("*.tar.gz")) + list(Path(tmp).glob("*.zip"))
+        if proc.returncode != 0 or not files:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SourceUnavailable(f"pip download {spec} failed ({last_error_line(proc.stderr)})")
+        return files[0]
 
     # -- sdists --------------------------------------------------------------------------
     @staticmethod
@@ -465,31 +465,10 @@ class Sources:
                 f"{pin.name}: {version} is not in the cache and --offline "
                 "was given. " + self.how_to_supply(probe)
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--no-binary",
-                    ":all:",
-                    "-q",
-                    "-d",
-                    tmp,
-                    f"{pin.package or pin.name}=={version}",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            files = list(Path(tmp).glob("*.tar.gz")) + list(Path(tmp).glob("*.zip"))
-            if proc.returncode != 0 or not files:
-                raise SourceUnavailable(
-                    f"{pin.name}: pip download of {version} failed: {last_error_line(proc.stderr)}"
-                )
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(files[0], cached)
+        sdist = self._pip_download(f"{pin.package or pin.name}=={version}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sdist, cached)
+        shutil.rmtree(sdist.parent, ignore_errors=True)
         return cached
 
 
