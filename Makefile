@@ -57,7 +57,7 @@ test-d3rlpy-env:
 	$(D3) -m pytest $(PYTEST_FLAGS) tests --ignore=tests/tdmpc2 --ignore=tests/sac
 
 test-tdmpc2-env:
-	$(TD) -m pytest $(PYTEST_FLAGS) tests/core tests/tdmpc2 tests/sac
+	$(TD) -m pytest $(PYTEST_FLAGS) -m "not needs_pytorch_optimizer" tests/core tests/tdmpc2 tests/sac
 
 lint: setup
 	$(D3) -m ruff check .

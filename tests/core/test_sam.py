@@ -209,6 +209,9 @@ def test_clip_applies_to_the_final_gradient_only() -> None:
 
 
 # --- parity with an existing SAM ---------------------------------------------------------------
+# pytorch-optimizer is installed in the d3rlpy environment only (it needs numpy > 1.24.4, which
+# TD-MPC2's environment pins), so the tdmpc2-environment run deselects these with -m.
+@pytest.mark.needs_pytorch_optimizer
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adam])
 def test_parity_with_pytorch_optimizer_sam(adaptive: bool, base: type) -> None:
