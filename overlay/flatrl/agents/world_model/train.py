@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -54,18 +54,14 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 
 
 def a2c_config(cfg: TrainConfig) -> A2CConfig:
-    """Without --use-a2c the update is REINFORCE with a baseline: Monte-Carlo returns (lambda 1)."""
-    return A2CConfig(
-        gamma=cfg.gamma,
-        gae_lambda=cfg.gae_lambda if cfg.use_a2c else 1.0,
-        value_coef=cfg.value_coef,
-        entropy_coef=cfg.entropy_coef,
-        memory_coef=cfg.memory_coef,
-        max_grad_norm=cfg.max_grad_norm,
-        num_minibatches=cfg.num_minibatches,
-        update_epochs=cfg.update_epochs,
-        clip_range=cfg.clip_range,
-    )
+    """The A2C fields of the run's config, taken by name so the two cannot drift apart.
+
+    Without --use-a2c the update is REINFORCE with a baseline: Monte-Carlo returns (lambda 1).
+    """
+    shared = {f.name: getattr(cfg, f.name) for f in fields(A2CConfig) if hasattr(cfg, f.name)}
+    if not cfg.use_a2c:
+        shared["gae_lambda"] = 1.0
+    return A2CConfig(**shared)
 
 
 def build_optimizer(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimizer:
