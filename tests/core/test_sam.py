@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from flatrl.optim import SAM
+from flatrl.optim import SAM, SAMConfigError
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -406,11 +406,11 @@ def test_failing_closure_restores_weights() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(rho=0.0), ValueError, "rho must be > 0"),
-        (dict(rho=-0.1), ValueError, "rho must be > 0"),
-        (dict(every_k=0), ValueError, "every_k must be >= 1"),
-        (dict(every_k=1.5), TypeError, "every_k must be an int"),
-        (dict(clip_grad_norm=0.0), ValueError, "clip_grad_norm"),
+        (dict(rho=-0.1), SAMConfigError, "rho must be >= 0"),
+        (dict(rho=float("nan")), SAMConfigError, "rho must be a finite number"),
+        (dict(every_k=0), SAMConfigError, "every_k must be an integer >= 1"),
+        (dict(every_k=1.5), SAMConfigError, "every_k must be an integer >= 1"),
+        (dict(clip_grad_norm=0.0), SAMConfigError, "clip_grad_norm"),
     ],
 )
 def test_bad_hyperparameters_are_rejected(kwargs: dict, error: type, match: str) -> None:

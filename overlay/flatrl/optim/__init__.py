@@ -8,15 +8,22 @@ from flatrl.optim.composite import CompositeOptimizer
 from flatrl.optim.cpu_muon import Muon
 from flatrl.optim.muon import build_optimizer, muon_param_groups
 from flatrl.optim.sam import SAM
+from flatrl.optim.sam_config import SAMConfig, SAMConfigError
+from flatrl.optim.sam_step import kept_batchnorm_stats, sam_closure, sam_step
 from flatrl.optim.schedules import DelayedMomentum, get_momentum, set_momentum
 
 __all__ = [
     "SAM",
+    "SAMConfig",
+    "SAMConfigError",
     "CompositeOptimizer",
     "DelayedMomentum",
     "Muon",
     "build_optimizer",
     "get_momentum",
+    "kept_batchnorm_stats",
     "muon_param_groups",
+    "sam_closure",
+    "sam_step",
     "set_momentum",
 ]

@@ -9,6 +9,7 @@ edit the child), and one ``step``/``zero_grad``/``state_dict``/``load_state_dict
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,7 @@ class CompositeOptimizer(torch.optim.Optimizer):
         # registers the children's group dicts themselves (no copies).
         super().__init__([g for opt in optimizers for g in opt.param_groups], {})
         self._delegate_add_param_group = True
+        self._initialised = True
 
     @property
     def state(self) -> dict[Tensor, Any]:  # type: ignore[override]
@@ -53,8 +55,16 @@ class CompositeOptimizer(torch.optim.Optimizer):
 
     @state.setter
     def state(self, value: Any) -> None:
-        # Optimizer.__init__ assigns an empty state; the children own the real one.
-        self._unused_state = value
+        # Optimizer.__init__ assigns an empty state, which must not replace the children's.
+        # A later assignment (e.g. d3rlpy's reset_optimizer_states with an empty defaultdict)
+        # gives each child the entries of its own parameters, in a fresh defaultdict.
+        if not self.__dict__.get("_initialised", False):
+            return
+        for opt in self.optimizers:
+            own = {p for group in opt.param_groups for p in group["params"]}
+            opt.state = collections.defaultdict(
+                dict, {p: s for p, s in dict(value).items() if p in own}
+            )
 
     def _sync_groups(self) -> None:
         # Keep the list object (SAM shares it) but refresh its content from the children.

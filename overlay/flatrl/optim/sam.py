@@ -22,12 +22,13 @@ wrapper adds what RL training loops need:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from flatrl.optim.sam_config import SAMConfig
 
 Closure = Callable[[], Tensor | float | None]
 
@@ -64,7 +65,8 @@ class SAM(torch.optim.Optimizer):
             optimizer instance, which is wrapped as is (its param groups, learning rates and
             state are kept, e.g. TD-MPC2's multi-group Adam).
         base: the base optimizer class (e.g. ``torch.optim.Adam``); only with parameters.
-        rho: radius of the perturbation ball, > 0.
+        rho: radius of the perturbation ball, >= 0 (0: a zero-radius step equal to the base
+            optimizer's, see :mod:`flatrl.optim.sam_config`).
         adaptive: ASAM; perturbation ``rho * w**2 * g / ||w * g||``.
         every_k: run a SAM step on every k-th call of :meth:`step` (the first call included),
             plain base steps otherwise.
@@ -96,15 +98,18 @@ class SAM(torch.optim.Optimizer):
         eps: float = 1e-12,
         **base_kwargs: Any,
     ) -> None:
-        _check_hyperparameters(rho, every_k, clip_grad_norm, eps)
+        config = SAMConfig(
+            rho=rho, adaptive=adaptive, every_k=every_k, clip_grad_norm=clip_grad_norm, eps=eps
+        )
         base_optimizer = _make_base_optimizer(params, base, base_kwargs)
 
         self.base_optimizer = base_optimizer
-        self.rho = float(rho)
-        self.adaptive = bool(adaptive)
-        self.every_k = int(every_k)
-        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
-        self.eps = float(eps)
+        self.config = config
+        self.rho = config.rho
+        self.adaptive = config.adaptive
+        self.every_k = config.every_k
+        self.clip_grad_norm = config.clip_grad_norm
+        self.eps = config.eps
 
         # Optimizer.__init__ registers the base's group dicts without copying them; we then make
         # ``self.param_groups`` the very same list object, so an LR scheduler attached to either
@@ -123,6 +128,7 @@ class SAM(torch.optim.Optimizer):
         self._last_grad_norm: Tensor | None = None
         self._last_loss: Tensor | float | None = None
         self._last_perturbed: Tensor | float | None = None
+        self._initialised = True
 
     # --- the base optimizer's state is SAM's state -------------------------------------------
     @property
@@ -132,8 +138,29 @@ class SAM(torch.optim.Optimizer):
 
     @state.setter
     def state(self, value: Any) -> None:
-        # Optimizer.__init__ assigns an empty state; the base optimizer's state must survive.
-        self._unused_state = value
+        # Optimizer.__init__ assigns an empty state, which must not replace the base's; any
+        # later assignment (e.g. d3rlpy's reset_optimizer_states) is the base optimizer's.
+        if self.__dict__.get("_initialised", False):
+            self.base_optimizer.state = value
+
+    @classmethod
+    def from_config(
+        cls,
+        optimizer: torch.optim.Optimizer,
+        config: SAMConfig,
+        scope: Iterable[Tensor] | nn.Module | None = None,
+    ) -> SAM:
+        """Wrap ``optimizer`` with the settings of ``config`` (its ``scope`` name is resolved to
+        parameters by the caller and passed as ``scope``)."""
+        return cls(
+            optimizer,
+            rho=config.rho,
+            adaptive=config.adaptive,
+            every_k=config.every_k,
+            scope=scope,
+            clip_grad_norm=config.clip_grad_norm,
+            eps=config.eps,
+        )
 
     # --- the logging API ----------------------------------------------------------------------
     @property
@@ -350,31 +377,6 @@ class SAM(torch.optim.Optimizer):
             f"scoped={self._scope_ids is not None}, clip_grad_norm={self.clip_grad_norm}, "
             f"base={self.base_optimizer!r})"
         )
-
-
-def _check_hyperparameters(
-    rho: float, every_k: int, clip_grad_norm: float | None, eps: float
-) -> None:
-    if isinstance(rho, bool) or not isinstance(rho, int | float) or not math.isfinite(rho):
-        raise TypeError(f"SAM rho must be a finite number, got {rho!r}; e.g. rho=0.05.")
-    if rho <= 0:
-        raise ValueError(
-            f"SAM rho must be > 0, got {rho}; use a positive radius such as rho=0.05 (to turn "
-            "SAM off, use the base optimizer directly)."
-        )
-    if isinstance(every_k, bool) or not isinstance(every_k, int):
-        raise TypeError(f"SAM every_k must be an int >= 1, got {every_k!r}.")
-    if every_k < 1:
-        raise ValueError(
-            f"SAM every_k must be >= 1, got {every_k}; every_k=1 runs SAM on every step, "
-            "every_k=k on every k-th step."
-        )
-    if clip_grad_norm is not None and not (clip_grad_norm > 0 and math.isfinite(clip_grad_norm)):
-        raise ValueError(
-            f"SAM clip_grad_norm must be None or a finite number > 0, got {clip_grad_norm}."
-        )
-    if not eps >= 0:
-        raise ValueError(f"SAM eps must be >= 0, got {eps}.")
 
 
 def _make_base_optimizer(
