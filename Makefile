@@ -19,7 +19,7 @@ D3 := $(VENV)/d3rlpy/bin/python
 TD := $(VENV)/tdmpc2/bin/python
 
 .PHONY: help setup vendor apply test test-d3rlpy-env test-tdmpc2-env lint format refresh \
-	refresh-check status rebase demo bench clean distclean d3rlpy-upstream-tests tdmpc2-smoke
+	refresh-check status rebase demo bench gpu-check clean distclean d3rlpy-upstream-tests tdmpc2-smoke
 
 help:
 	@echo "make apply   build environments and the patched trees under build/"
@@ -103,6 +103,12 @@ bench: apply
 	$(D3) bench/optim_overhead.py
 	$(D3) bench/d3rlpy_overhead.py
 	$(TD) bench/tdmpc2_overhead.py
+
+# Every CUDA path (TD-MPC2 compile=true with Adam/SAM/Muon, d3rlpy SAC+SAM and the compile_graph
+# refusal, the SAC agent's bf16 Muon, the world model) with a pass/fail table; minutes on one GPU.
+# Without CUDA it says so and fails: nothing was checked.
+gpu-check: apply
+	$(PYTHON) bench/gpu_check.py
 
 clean:
 	rm -rf build
