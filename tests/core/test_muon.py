@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -303,3 +306,141 @@ def test_muon_with_sam_on_cpu_matches_reference() -> None:
     assert all(s is not None and s == s for s in losses)
     state = sam.state_dict()
     assert state["base"]["kinds"] == ["muon", "adam"]
+
+
+# --- flatrl.optim.Muon against a hand-written float32 reference of torch's rule ------------------
+def reference_muon_step(
+    w: Tensor,
+    buf: Tensor,
+    grad: Tensor,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+    adjust_lr_fn: str,
+) -> None:
+    """torch.optim.Muon's update (docs' algorithm box) in float32, in place on ``w`` and ``buf``."""
+    buf.lerp_(grad, 1 - momentum)
+    x = grad.lerp(buf, momentum) if nesterov else buf.clone()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(5):
+        gram = x @ x.T
+        x = COEFFS[0] * x + (COEFFS[1] * gram + COEFFS[2] * gram @ gram) @ x
+    x = x.T if tall else x
+    rows, cols = w.shape
+    if adjust_lr_fn == "original":
+        scale = max(1.0, rows / cols) ** 0.5
+    else:
+        scale = 0.2 * max(rows, cols) ** 0.5
+    w.mul_(1 - lr * weight_decay).add_(x, alpha=-lr * scale)
+
+
+@pytest.mark.parametrize("adjust_lr_fn", ["original", "match_rms_adamw"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_matches_float32_reference_of_torch_rule(nesterov: bool, adjust_lr_fn: str) -> None:
+    """nesterov=False once normalised the momentum buffer in place inside Newton-Schulz."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(6, 4), (4, 7), (5, 5)]  # tall, wide, square
+    start = [torch.randn(*s, generator=g) for s in shapes]
+    params = [nn.Parameter(t.clone()) for t in start]
+    ref_w = [t.clone() for t in start]
+    ref_buf = [torch.zeros_like(t) for t in start]
+    hyper = dict(lr=0.02, momentum=0.9, weight_decay=0.1)
+    opt = Muon(params, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn, **hyper)
+    assert opt.param_groups[0]["ns_dtype"] is None  # float32 on CPU
+    for _ in range(6):
+        grads = [torch.randn(*s, generator=g) for s in shapes]
+        for p, grad in zip(params, grads, strict=True):
+            p.grad = grad.clone()
+        opt.step()
+        for w, buf, grad in zip(ref_w, ref_buf, grads, strict=True):
+            reference_muon_step(w, buf, grad, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn, **hyper)
+    for p, w, buf in zip(params, ref_w, ref_buf, strict=True):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], buf, rtol=0, atol=1e-6)
+    assert not torch.allclose(params[0].detach(), start[0], atol=1e-3)
+
+
+def test_newton_schulz_leaves_its_input_alone() -> None:
+    for dtype in (torch.float32, torch.float64):
+        m = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+        kept = m.clone()
+        newton_schulz(m, COEFFS, 5, 1e-7, dtype)
+        assert torch.equal(m, kept), dtype
+
+
+# --- no Muon for scalars, vectors, or matrices with a side of 1 ---------------------------------
+class WithScalars(nn.Module):
+    """A d3rlpy-like temperature (1, 1), a scalar, a (1,) vector, thin layers, one real matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_temp = nn.Parameter(torch.zeros(1, 1))
+        self.scalar = nn.Parameter(torch.tensor(0.5))
+        self.single = nn.Parameter(torch.zeros(1))
+        self.row = nn.Parameter(torch.randn(1, 8))
+        self.net = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 1))
+
+
+def test_scalars_and_thin_matrices_never_go_to_muon() -> None:
+    model = WithScalars()
+    for edges in (False, True):  # even with the first/last layer allowed to use Muon
+        muon, fallback = muon_param_groups(model, apply_first_layer=edges, apply_last_layer=edges)
+        assert names_of(model, muon) == {"net.2.weight"}
+        assert {"log_temp", "scalar", "single", "row", "net.0.weight", "net.3.weight"} <= (
+            names_of(model, fallback)
+        )
+    opt = build_optimizer(model, case="muon", apply_first_layer=True, apply_last_layer=True)
+    muon_group = next(gr for gr in opt.param_groups if gr["optimizer_kind"] == "muon")
+    assert names_of(model, muon_group["params"]) == {"net.2.weight"}
+    # d3rlpy builds the temperature's optimizer over a module holding only log_temp (1, 1)
+    temperature = nn.Module()
+    temperature.log_temp = nn.Parameter(torch.zeros(1, 1))
+    with pytest.warns(UserWarning, match="no hidden 2-D weight"):
+        opt = build_optimizer(temperature, case="muon", apply_first_layer=True)
+    assert [g["optimizer_kind"] for g in opt.param_groups] == ["adam"]
+
+
+# --- flatrl.optim imports on a torch without torch.optim.Muon ------------------------------------
+_WITHOUT_MUON = """
+import torch, torch.optim as o
+del o.Muon
+import flatrl.optim as f
+from torch import nn
+from flatrl.runtime import TorchRNG
+assert not hasattr(torch.optim, "Muon")
+model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+for make in (lambda: f.Muon([model[2].weight]), lambda: f.build_optimizer(model, case="muon")):
+    try:
+        make()
+    except f.MuonUnavailableError as err:
+        print("ERROR:", err)
+    else:
+        raise SystemExit("Muon was constructed without torch.optim.Muon")
+x, y = torch.randn(16, 3), torch.randn(16, 1)
+for opt in (f.build_optimizer(model, case="adam"), f.SAM(torch.optim.Adam(model.parameters()))):
+    for _ in range(2):
+        rng = TorchRNG()
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        f.sam_step(opt, loss, lambda: ((model(x) - y) ** 2).mean(), rng=rng, modules=[model])
+assert opt.last_sharpness is not None
+print("OK")
+"""
+
+
+def test_flatrl_optim_imports_on_a_torch_without_muon() -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MUON], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "OK"
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    assert len(errors) == 2
+    for line in errors:
+        assert f"torch {torch.__version__}" in line and "torch >= 2.9" in line, line

@@ -5,7 +5,7 @@ these names instead of re-implementing them.
 """
 
 from flatrl.optim.composite import CompositeOptimizer
-from flatrl.optim.cpu_muon import Muon
+from flatrl.optim.cpu_muon import Muon, MuonUnavailableError
 from flatrl.optim.muon import build_optimizer, muon_param_groups
 from flatrl.optim.sam import SAM
 from flatrl.optim.sam_config import SAMConfig, SAMConfigError
@@ -19,6 +19,7 @@ __all__ = [
     "CompositeOptimizer",
     "DelayedMomentum",
     "Muon",
+    "MuonUnavailableError",
     "build_optimizer",
     "get_momentum",
     "kept_batchnorm_stats",

@@ -7,6 +7,10 @@ torch's Muon unusable for CPU training and tests. This subclass keeps torch's hy
 group layout, state (``momentum_buffer``) and update rule, and only picks the Newton-Schulz
 dtype: bfloat16 on CUDA (as torch), float32 elsewhere, or whatever ``ns_dtype`` says. With
 ``ns_dtype=torch.bfloat16`` it reproduces ``torch.optim.Muon`` bit for bit (tested).
+
+``torch.optim.Muon`` exists from torch 2.9 on. On an older torch this module (and so
+``flatrl.optim``, whose SAM and Adam paths do not need Muon) still imports; only constructing
+:class:`Muon` raises :class:`MuonUnavailableError`, naming the torch found and the one needed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,36 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+#: The first torch release with ``torch.optim.Muon``.
+MIN_TORCH_FOR_MUON = "2.9"
+
+_TorchMuon: type[torch.optim.Optimizer] | None = getattr(torch.optim, "Muon", None)
+
+
+class MuonUnavailableError(RuntimeError):
+    """This torch has no ``torch.optim.Muon``, which :class:`Muon` builds on."""
+
+
+def _muon_unavailable() -> MuonUnavailableError:
+    return MuonUnavailableError(
+        f"flatrl.optim.Muon needs torch.optim.Muon, which torch >= {MIN_TORCH_FOR_MUON} provides, "
+        f"but this is torch {torch.__version__}. Install torch >= {MIN_TORCH_FOR_MUON} (the "
+        "project's environments pin it in requirements/constraints.txt), or pick an optimizer "
+        "without Muon (e.g. case='adam')."
+    )
+
+
+if _TorchMuon is None:
+
+    class _MuonBase(torch.optim.Optimizer):
+        """Stand-in base on a torch without Muon, so that importing this module still works."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise _muon_unavailable()
+
+else:
+    _MuonBase = _TorchMuon  # type: ignore[misc]
 
 
 def newton_schulz(
@@ -34,7 +68,9 @@ def newton_schulz(
     if grad.ndim != 2:
         raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(grad.shape)}.")
     a, b, c = coefficients
-    x = grad.to(dtype)
+    # Always a copy: ``grad`` may be the momentum buffer itself (nesterov=False), and the
+    # normalisation below is in place.
+    x = grad.to(dtype, copy=True)
     tall = grad.size(0) > grad.size(1)
     if tall:
         x = x.T
@@ -67,16 +103,21 @@ def _resolve_dtype(ns_dtype: str | None, device: torch.device) -> torch.dtype:
     return _DTYPES[ns_dtype]
 
 
-class Muon(torch.optim.Muon):
+class Muon(_MuonBase):
     """``torch.optim.Muon`` whose Newton-Schulz dtype follows the device (see module doc).
 
     Args:
         params, **kwargs: exactly as ``torch.optim.Muon``.
         ns_dtype: ``None`` (bfloat16 on CUDA, float32 elsewhere), ``"float32"``,
             ``"bfloat16"`` or ``"float64"``. Stored per param group.
+
+    Raises:
+        MuonUnavailableError: on a torch without ``torch.optim.Muon`` (before torch 2.9).
     """
 
     def __init__(self, params: Any, *args: Any, ns_dtype: str | None = None, **kwargs: Any):
+        if _TorchMuon is None:
+            raise _muon_unavailable()
         if ns_dtype is not None and ns_dtype not in _DTYPES:
             raise ValueError(
                 f"ns_dtype must be None or one of {sorted(_DTYPES)}, got {ns_dtype!r}."

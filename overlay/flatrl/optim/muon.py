@@ -47,6 +47,13 @@ def _check_names(module: nn.Module, names: Sequence[str] | None, what: str) -> N
         )
 
 
+def _is_proper_matrix(p: Tensor) -> bool:
+    """2-D with both sides > 1. Newton-Schulz turns a 1xN or Nx1 matrix (and a 1x1 scalar such
+    as d3rlpy's ``log_temp``) into ``g / ||g||`` times a constant, a sign-like step of fixed size
+    whatever the gradient's scale, so those go to the fallback with the vectors and scalars."""
+    return p.ndim == 2 and min(p.shape) > 1
+
+
 def muon_param_groups(
     module: nn.Module,
     apply_first_layer: bool = False,
@@ -56,11 +63,12 @@ def muon_param_groups(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Split ``module``'s trainable parameters into (Muon params, fallback params).
 
-    Muon gets a parameter iff it is 2-D, not a bias (stacked ensemble biases are 2-D), not owned
-    by an embedding, and not in the first/last layer unless ``apply_first_layer`` /
-    ``apply_last_layer`` is set. ``first_layer_names`` / ``last_layer_names`` are module-name
-    prefixes (e.g. ``["_encoder.state.0"]``); by default the first and last ``nn.Linear`` in
-    registration order are the first and last layer.
+    Muon gets a parameter iff it is 2-D with both dimensions > 1 (so never a scalar, a vector or
+    a 1xN / Nx1 / 1x1 matrix such as d3rlpy's ``log_alpha``), not a bias (stacked ensemble biases
+    are 2-D), not owned by an embedding, and not in the first/last layer unless
+    ``apply_first_layer`` / ``apply_last_layer`` is set. ``first_layer_names`` /
+    ``last_layer_names`` are module-name prefixes (e.g. ``["_encoder.state.0"]``); by default the
+    first and last ``nn.Linear`` in registration order are the first and last layer.
     """
     _check_names(module, first_layer_names, "first_layer_names")
     _check_names(module, last_layer_names, "last_layer_names")
@@ -80,7 +88,9 @@ def muon_param_groups(
         if not p.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        hidden_matrix = p.ndim == 2 and "bias" not in leaf and id(p) not in embedding_param_ids
+        hidden_matrix = (
+            _is_proper_matrix(p) and "bias" not in leaf and id(p) not in embedding_param_ids
+        )
         if hidden_matrix and not apply_first_layer and _matches(name, first):
             hidden_matrix = False
         if hidden_matrix and not apply_last_layer and _matches(name, last):
@@ -159,7 +169,8 @@ def build_optimizer(
     else:
         warnings.warn(
             f"case='muon' but {type(module).__name__} has no hidden 2-D weight for Muon (first/"
-            "last layers are excluded unless apply_first_layer/apply_last_layer); every "
+            "last layers are excluded unless apply_first_layer/apply_last_layer, and so is any "
+            "matrix with a dimension of size 1); every "
             f"parameter goes to {fallback}.",
             stacklevel=2,
         )
