@@ -136,8 +136,10 @@ def assert_same_params(a: nn.Module, b: nn.Module, exact: bool = False) -> None:
         dict(adaptive=False, scoped=True, every_k=1),
         dict(adaptive=True, scoped=True, every_k=1),
         dict(adaptive=False, scoped=False, every_k=3),
+        dict(adaptive=False, scoped=False, every_k=1, clip=0.05),
+        dict(adaptive=True, scoped=True, every_k=3, clip=0.05),
     ],
-    ids=["plain", "adaptive", "scoped", "adaptive-scoped", "every_k3"],
+    ids=["plain", "adaptive", "scoped", "adaptive-scoped", "every_k3", "clip", "all-options"],
 )
 @pytest.mark.parametrize("base", [torch.optim.SGD, torch.optim.Adam])
 def test_matches_two_pass_reference(model_name: str, mode: dict, base: type) -> None:
@@ -155,17 +157,24 @@ def test_matches_two_pass_reference(model_name: str, mode: dict, base: type) -> 
         adaptive=mode["adaptive"],
         every_k=mode["every_k"],
         scope=scope,
+        clip_grad_norm=mode.get("clip"),
         lr=lr,
     )
     ref_opt = base(ref.parameters(), lr=lr)
+    clipped = 0
     for t in range(steps):
         if t % mode["every_k"] == 0:
             grads = reference_grads(ref, rho, mode["adaptive"], scope_names)
         else:
             grads = plain_grads(ref)
-        reference_step(ref, ref_opt, grads)
+        clipped += mode.get("clip") is not None and bool(
+            torch.sqrt(sum((g**2).sum() for g in grads.values())) > mode["clip"]
+        )
+        reference_step(ref, ref_opt, grads, clip=mode.get("clip"))
         sam_update(model, sam)
         assert_same_params(model, ref)
+    if "clip" in mode:
+        assert clipped >= 3  # the clip really acted on most steps
     assert not torch.equal(next(model.parameters()), next(MODELS[model_name]().parameters()))
 
 
@@ -401,6 +410,65 @@ def test_failing_closure_restores_weights() -> None:
         sam.step(closure)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class _FailOnCall:
+    """Wraps a torch function; the n-th call raises (mid-perturbation), the others run it."""
+
+    def __init__(self, fn: Callable, fail_on: int) -> None:
+        self.fn, self.fail_on, self.calls = fn, fail_on, 0
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("injected failure")
+        return self.fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("where", ["_foreach_copy_", "_foreach_add_"])
+def test_failure_inside_first_step_restores_weights_and_grads(
+    where: str, adaptive: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two (dtype) buckets: the second bucket's backup copy or perturbation fails after the first
+    bucket has moved; first_step must put every weight and set-aside gradient back."""
+    torch.manual_seed(0)
+    a = nn.Parameter(torch.randn(3, 2))  # float32 bucket, in scope
+    b = nn.Parameter(torch.randn(4, dtype=DTYPE))  # float64 bucket, in scope
+    c = nn.Parameter(torch.randn(2))  # out of scope: its gradient is set aside
+    sam = SAM([a, b, c], base=torch.optim.SGD, rho=0.5, adaptive=adaptive, scope=[a, b], lr=0.1)
+
+    def loss_fn() -> Tensor:
+        return (a**2).sum() + (b**3).sum() + (c**2).sum() * a.sum()
+
+    loss_fn().backward()
+    weights = [p.detach().clone() for p in (a, b, c)]
+    grads = [p.grad.clone() for p in (a, b, c)]
+    failing = _FailOnCall(getattr(torch, where), fail_on=2)
+    monkeypatch.setattr(torch, where, failing)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        sam.step(loss_fn)
+    monkeypatch.undo()
+    assert failing.calls >= 2
+    for name, p, w, g in zip("abc", (a, b, c), weights, grads, strict=True):
+        assert torch.equal(p.detach(), w), f"{name} left perturbed"
+        assert p.grad is not None and torch.equal(p.grad, g), f"{name} lost its gradient"
+    assert sam.is_sam_step  # the failed step was not counted
+
+    # and the optimizer is usable again: the next step is an ordinary, complete SAM step
+    def closure() -> Tensor:
+        sam.zero_grad()
+        perturbed = loss_fn()
+        perturbed.backward()
+        return perturbed
+
+    sam.zero_grad()
+    loss = loss_fn()
+    loss.backward()
+    sam.step(closure, loss=loss)
+    assert sam.last_sharpness is not None and sam.last_sharpness > 0
+    with pytest.raises(RuntimeError, match="second_step"):
+        sam.second_step()  # nothing is left perturbed
 
 
 @pytest.mark.parametrize(

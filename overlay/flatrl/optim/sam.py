@@ -222,7 +222,10 @@ class SAM(torch.optim.Optimizer):
         """Move the in-scope weights to ``w + e`` using the gradients currently in ``.grad``.
 
         Gradients of out-of-scope parameters are set aside so that :meth:`second_step` can give
-        them back untouched: they must stay those of the unperturbed point.
+        them back untouched: they must stay those of the unperturbed point. Exception-safe: if
+        anything fails on the way (allocating a backup, a kernel, an interrupt), every weight
+        already moved is put back to ``w`` and every gradient set aside is given back before the
+        exception propagates, so a failed step never leaves the model perturbed.
         """
         if self._perturbed:
             raise RuntimeError("SAM.first_step() called twice; call second_step() in between.")
@@ -237,30 +240,36 @@ class SAM(torch.optim.Optimizer):
         self._last_grad_norm = grad_norm
 
         self._kept_grads = {}
-        for p in all_params:
-            if not self._scoped(p):
-                self._kept_grads[p] = p.grad
-                p.grad = None
         self._moved = []
-        if grad_norm is not None:
-            # A zero (or non-finite) norm gives scale 0: no perturbation and no NaN, decided on
-            # the device so that no host sync is needed on every step.
-            scale = torch.where(
-                torch.isfinite(grad_norm) & (grad_norm > 0),
-                self.rho / (grad_norm + self.eps).clamp_min(torch.finfo(grad_norm.dtype).tiny),
-                torch.zeros_like(grad_norm),
-            )
-            for params in buckets:
-                backups = [self._backup_buffer(p) for p in params]
-                torch._foreach_copy_(backups, params)
-                e = torch._foreach_mul([p.grad for p in params], scale.to(params[0].device))
-                if self.adaptive:
-                    torch._foreach_mul_(e, torch._foreach_mul(params, params))
-                torch._foreach_add_(params, e)
-                self._moved.append((params, backups))
-        self._perturbed = True
-        if zero_grad:
-            self.zero_grad()
+        try:
+            for p in all_params:
+                if not self._scoped(p):
+                    self._kept_grads[p] = p.grad
+                    p.grad = None
+            if grad_norm is not None:
+                # A zero (or non-finite) norm gives scale 0: no perturbation and no NaN, decided
+                # on the device so that no host sync is needed on every step.
+                scale = torch.where(
+                    torch.isfinite(grad_norm) & (grad_norm > 0),
+                    self.rho / (grad_norm + self.eps).clamp_min(torch.finfo(grad_norm.dtype).tiny),
+                    torch.zeros_like(grad_norm),
+                )
+                for params in buckets:
+                    backups = [self._backup_buffer(p) for p in params]
+                    torch._foreach_copy_(backups, params)
+                    # Registered before the weights move, so that a failure from here on
+                    # restores this bucket too (copying an unmoved w back onto itself is a no-op).
+                    self._moved.append((params, backups))
+                    e = torch._foreach_mul([p.grad for p in params], scale.to(params[0].device))
+                    if self.adaptive:
+                        torch._foreach_mul_(e, torch._foreach_mul(params, params))
+                    torch._foreach_add_(params, e)
+            self._perturbed = True
+            if zero_grad:
+                self.zero_grad()
+        except BaseException:
+            self._restore()
+            raise
 
     def _backup_buffer(self, p: Tensor) -> Tensor:
         """A persistent buffer per parameter for ``w`` (no allocation on every step)."""
