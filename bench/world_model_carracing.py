@@ -8,8 +8,8 @@ On CPU the run uses one pass of 2 gradient steps per rollout (--update-flags), s
 VQ-VAE's backward pass on 64x64 frames is what costs; on a GPU pass --update-flags "".
 
 Prints the mean return of finished episodes along the run (the first ones are close to a
-random policy's), the time per env step (acting + update, wall clock), and the command. The
-seed's 200-600 target needs ~500 epochs, i.e. a GPU machine; this checks the direction only.
+random policy's), the time per env step (acting + update, wall clock), and the command. A
+return of 200-600 needs ~500 epochs, i.e. a GPU machine; this checks the direction only.
 Needs Box2D (gymnasium[box2d] or the `box2d` wheel).
 """
 

@@ -1,5 +1,6 @@
-"""CartPole-v1 benchmark of the world-model agent (seed 004): improved controller + A2C, the
-legacy baseline, and SAM on the memory; mean return over deterministic evaluation episodes.
+"""CartPole-v1 benchmark of the world-model agent: improved controller + A2C, SAM on the memory,
+the legacy (linear) controller with the same update, and plain REINFORCE; mean return over
+deterministic evaluation episodes.
 
 Target (issue 7): >= 475 mean return over 100 evaluation episodes for at least 4 of 5 seeds,
 within 100k env steps each, on CPU.
@@ -36,7 +37,11 @@ BASE = [
 ]
 VARIANTS = {
     "improved": [*BASE, "--use-improved-controller", "--use-a2c", "--planning-horizon", "5"],
-    "legacy": list(BASE),
+    # the legacy head with the A2C update and Monte-Carlo advantages (GAE lambda 1); before plain
+    # REINFORCE existed, runs without --use-a2c took exactly this update
+    "legacy": [*BASE, "--use-a2c", "--gae-lambda", "1"],
+    # plain REINFORCE with a value baseline: one pass per rollout, no clip, no bootstrapping
+    "reinforce": list(BASE),
     "sam": [
         *BASE,
         "--use-improved-controller",
@@ -94,7 +99,9 @@ def run_one(variant: str, seed: int, max_env_steps: int, episodes: int, out: str
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["improved", "sam", "legacy"]
+    )
     p.add_argument("--max-env-steps", type=int, default=100_000)
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--workers", type=int, default=2)

@@ -48,3 +48,38 @@ if TIMING_ENV not in gym.envs.registry:
 @pytest.fixture
 def timing_env_id() -> str:
     return TIMING_ENV
+
+
+def _tiny_cartpole(save_path, log_dir, *extra: str) -> list[str]:
+    return [
+        "--env-name",
+        "CartPole-v1",
+        "--n-steps",
+        "8",
+        "--env-batch-number",
+        "2",
+        "--z-dim",
+        "8",
+        "--memory-window",
+        "2",
+        "--memory-layers",
+        "1",
+        "--planning-horizon",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--save-path",
+        str(save_path) + "/",
+        "--log-dir",
+        str(log_dir),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_cartpole():
+    """`tiny_cartpole(save_path, log_dir, *extra)`: CLI arguments of a CartPole run small enough
+    for a test (2 envs x 8 steps per epoch, 8-dim latent, a 2-step memory window, no planning,
+    CPU)."""
+    return _tiny_cartpole

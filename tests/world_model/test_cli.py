@@ -21,7 +21,12 @@ CARTPOLE = ["--env-name", "CartPole-v1", "--use-improved-controller", "--use-a2c
         (["--env-name", "NoSuchEnv-v9"], "not a registered gymnasium environment"),
         ([*CARTPOLE, "--sam-rho", "0.1"], "--optimizer sam"),
         ([*CARTPOLE, "--sam-scope", "all"], "--optimizer sam"),
-        ([*CARTPOLE, "--optimizer", "sam", "--sam-rho", "-1"], "--sam-rho must be > 0"),
+        ([*CARTPOLE, "--sam-adaptive"], "--optimizer sam"),
+        ([*CARTPOLE, "--sam-every", "2"], "--optimizer sam"),
+        ([*CARTPOLE, "--optimizer", "sam", "--sam-rho", "-1"], "--sam-rho must be >= 0"),
+        ([*CARTPOLE, "--optimizer", "sam", "--sam-rho", "nan"], "--sam-rho must be a finite"),
+        ([*CARTPOLE, "--optimizer", "sam", "--sam-every", "0"], "--sam-every must be an integer"),
+        ([*CARTPOLE, "--device", "tpu"], "--device tpu"),
         ([*CARTPOLE, "--n-steps", "0"], "--n-steps must be >= 1"),
         ([*CARTPOLE, "--env-batch-number", "many"], "--env-batch-number"),
         ([*CARTPOLE, "--planning-horizon", "-1"], "--planning-horizon"),
@@ -34,6 +39,24 @@ CARTPOLE = ["--env-name", "CartPole-v1", "--use-improved-controller", "--use-a2c
 def test_bad_input_gives_one_clear_error(argv, message):
     with pytest.raises(ValueError, match=message.replace("-", r"\-")):
         parse_config(argv)
+
+
+@pytest.mark.parametrize("rho", ["0", "1e-9", "0.05"])
+def test_sam_settings_reach_the_optimizer(rho):
+    """rho = 0 is accepted (a zero-radius SAM step), and all four SAM flags build one SAMConfig."""
+    cfg = parse_config(
+        [*CARTPOLE, "--optimizer", "sam", "--sam-rho", rho, "--sam-every", "3", "--sam-adaptive"]
+    )
+    sam = cfg.sam_config()
+    assert (sam.rho, sam.every_k, sam.adaptive, sam.scope) == (float(rho), 3, True, "memory")
+    assert sam.clip_grad_norm == cfg.max_grad_norm
+
+
+def test_cuda_without_a_gpu_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="--device cuda"):
+        parse_config([*CARTPOLE, "--device", "cuda"])
 
 
 def test_image_env_without_box2d_names_the_extra(monkeypatch):
@@ -95,7 +118,9 @@ def test_short_cartpole_run_logs_checkpoints_and_resumes(tmp_path):
     state = load(first.last_checkpoint, torch.device("cpu"))
     assert state["epoch"] == 2 and state["env_steps"] == 256
     assert set(state["optimizer"]["state"])  # Adam moments were saved
-    assert os.path.isfile(str(tmp_path / "ckpt" / "best_CartPole-v1.pt"))
+    tag = "CartPole-v1_improved_a2c_adam_s0"
+    assert os.path.isfile(str(tmp_path / "ckpt" / f"best_{tag}.pt"))
+    assert first.last_checkpoint == str(tmp_path / "ckpt" / f"last_{tag}.pt")
     weights = {k: v.clone() for k, v in state["model"].items()}
 
     resumed = train(parse_config([*argv, "--max-epoch", "3", "--resume"]))

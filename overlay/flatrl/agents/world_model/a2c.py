@@ -1,19 +1,26 @@
-"""A2C with GAE on world-model rollouts: advantages, the combined loss and one update.
+"""A2C with GAE (or REINFORCE with a baseline) on world-model rollouts: advantages, the
+combined loss and one update.
 
-Loss (the seed's): L = L_policy + value_coef * L_value + L_vision
-                       + memory_coef * (L_memory + L_reward) - entropy_coef * H
+Loss: L = L_policy + value_coef * L_value + L_vision
+          + memory_coef * (L_memory + L_reward) - entropy_coef * H
 with L_memory = MSE(predict_next(z_t, a_t, h_t), sg(z_{t+1})) - the target is the encoded next
 observation with a stop-gradient, so the encoder cannot shrink the loss by collapsing z.
+
+A2C (`reinforce=False`): GAE advantages with bootstrapped values, and the rollout may be reused
+for several passes with PPO's ratio clip. REINFORCE (`reinforce=True`): Monte-Carlo returns with
+no bootstrapping at all, advantage = return - V(o_t), policy loss -(log pi(a|s) * A), one pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from flatrl.optim import SAM, sam_step
+from flatrl.runtime import TorchRNG
 
 from .rollout import Rollout
 from .world_model import WorldModel
@@ -21,7 +28,7 @@ from .world_model import WorldModel
 
 @dataclass
 class A2CConfig:
-    """The seed's hyperparameters plus how one rollout is split into gradient steps."""
+    """Loss weights, return estimation, and how one rollout is split into gradient steps."""
 
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -33,6 +40,15 @@ class A2CConfig:
     update_epochs: int = 4
     clip_range: float = 0.2
     normalize_advantages: bool = True
+    reinforce: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reinforce and (self.update_epochs != 1 or self.clip_range != 0):
+            raise ValueError(
+                "REINFORCE takes one pass per rollout and no clip: update_epochs=1 and "
+                f"clip_range=0, got {self.update_epochs} and {self.clip_range}; use A2C "
+                "(reinforce=False, --use-a2c) to reuse rollouts."
+            )
 
 
 def compute_gae(
@@ -60,6 +76,23 @@ def compute_gae(
         last = last * valid[t].float()
         adv[t] = last
     return adv, adv + values
+
+
+def monte_carlo_returns(
+    rewards: torch.Tensor, dones: torch.Tensor, valid: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """Discounted sums of the rewards actually received, over (T, N) tensors; no bootstrapping.
+
+    G_t = r_t + gamma * (1 - done_t) * G_{t+1}, with G = 0 after the rollout's last step: an
+    episode still running when the rollout ends (or cut by a time limit) counts only the rewards
+    seen. Invalid (autoreset) slots get G = 0.
+    """
+    out = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        last = (rewards[t] + gamma * (~dones[t]).float() * last) * valid[t].float()
+        out[t] = last
+    return out
 
 
 @torch.no_grad()
@@ -130,7 +163,9 @@ def minibatch_loss(
     # gradient; later minibatch steps on the same rollout are kept near the behaviour policy by
     # PPO's clip (Schulman et al., 2017), which is what makes reusing a rollout safe.
     ratio = (logp - old_logp[t, env]).exp()
-    if cfg.clip_range > 0:
+    if cfg.reinforce:
+        policy_loss = -(logp * adv).mean()
+    elif cfg.clip_range > 0:
         clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
         policy_loss = -torch.min(ratio * adv, clipped * adv).mean()
     else:
@@ -173,24 +208,16 @@ def module_grad_norms(model: WorldModel) -> dict[str, float]:
     return out
 
 
-def a2c_update(
-    model: WorldModel,
-    optimizer: torch.optim.Optimizer,
-    rollout: Rollout,
-    cfg: A2CConfig,
-    generator: torch.Generator | None = None,
-) -> dict[str, float]:
-    """GAE on the rollout, then `update_epochs` passes of `num_minibatches` gradient steps over
-    its valid transitions (1 x 1 with clip_range 0 is plain A2C).
-
-    With a `flatrl.optim.SAM` optimizer each step is a SAM step: the closure recomputes the loss
-    on the same minibatch at the perturbed weights (SAM clips the final gradient itself).
-    """
-    from flatrl.optim import SAM
-
-    z_all, tok_all = encode_rollout(model, rollout)
-    values, old_logp = rollout_values(model, rollout, z_all, tok_all)
-    adv, returns = compute_gae(
+def advantages_and_returns(
+    rollout: Rollout, values: torch.Tensor, cfg: A2CConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A2C: GAE over V at slots C..C+T; REINFORCE: Monte-Carlo returns minus the baseline."""
+    if cfg.reinforce:
+        returns = monte_carlo_returns(
+            rollout.scaled_rewards, rollout.dones, rollout.valid, cfg.gamma
+        )
+        return (returns - values[:-1]) * rollout.valid.float(), returns
+    return compute_gae(
         rollout.scaled_rewards,
         values[:-1],
         values[1:],
@@ -200,6 +227,26 @@ def a2c_update(
         cfg.gamma,
         cfg.gae_lambda,
     )
+
+
+def a2c_update(
+    model: WorldModel,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    cfg: A2CConfig,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Advantages on the rollout, then `update_epochs` passes of `num_minibatches` gradient
+    steps over its valid transitions (1 x 1 with clip_range 0 is plain A2C).
+
+    With a `flatrl.optim.SAM` optimizer each step goes through `flatrl.optim.sam_step`: the
+    second pass recomputes the loss on the same minibatch at the perturbed weights with the
+    first pass's random draws, and SAM clips the final gradient itself. With Adam the gradient
+    is clipped here, so both apply the same clipped update when rho = 0.
+    """
+    z_all, tok_all = encode_rollout(model, rollout)
+    values, old_logp = rollout_values(model, rollout, z_all, tok_all)
+    adv, returns = advantages_and_returns(rollout, values, cfg)
     t_idx, e_idx = rollout.valid.nonzero(as_tuple=True)
     if cfg.normalize_advantages and t_idx.numel() > 1:
         sel = adv[t_idx, e_idx]
@@ -215,6 +262,7 @@ def a2c_update(
         .chunk(max(1, cfg.num_minibatches))
     ]
     params = [p for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
     for mb in chunks:
         t, e = t_idx[mb], e_idx[mb]
 
@@ -223,38 +271,27 @@ def a2c_update(
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return minibatch_loss(model, rollout, t, e, adv, returns, old_logp, z_all, tok_all, cfg)
 
+        rng = TorchRNG(device)  # before the first pass, so SAM's second pass replays its draws
         optimizer.zero_grad(set_to_none=True)
         loss, parts = compute()
         loss.backward()
         for k, v in module_grad_norms(model).items():
             grads[k] = grads.get(k, 0.0) + v / len(chunks)
-        if isinstance(optimizer, SAM):
-            closure: Callable[[], torch.Tensor] = _closure(optimizer, compute)
-            optimizer.step(closure, loss=loss.detach())
-            if optimizer.last_sharpness is not None:
-                sharp.append(optimizer.last_sharpness)
-        else:
+        if not isinstance(optimizer, SAM):
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+        sam_step(optimizer, loss, lambda c=compute: c()[0], rng=rng, modules=[model])
+        if isinstance(optimizer, SAM) and optimizer.last_sharpness is not None:
+            sharp.append(optimizer.last_sharpness)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(chunks)
     metrics = dict(sums)
     metrics.update({f"grad/{k}": v for k, v in grads.items()})
     if sharp:
         metrics["sharpness"] = sum(sharp) / len(sharp)
+        metrics["sharpness_max_abs"] = max(abs(x) for x in sharp)
     valid = rollout.valid
     metrics["explained_variance"] = _explained_variance(values[:-1][valid], returns[valid])
     return metrics
-
-
-def _closure(optimizer: torch.optim.Optimizer, compute) -> Callable[[], torch.Tensor]:
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = compute()
-        loss.backward()
-        return loss
-
-    return closure
 
 
 def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:

@@ -1,43 +1,28 @@
-"""Checkpoints: full run state for --resume, and weight-only loading for --load-path."""
+"""Checkpoints: full run state for --resume, and weight-only loading for --load-path.
+
+Files are written with `flatrl.runtime.atomic_save` (a crash leaves the old file or the new one)
+and the RNG state is `flatrl.runtime.rng_state` (Python, NumPy, torch CPU and CUDA).
+"""
 
 from __future__ import annotations
 
-import os
-import random
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import torch
+
+from flatrl.runtime import atomic_save, rng_state
 
 from .world_model import ModelConfig, WorldModel
 
 
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save(path: str, payload: dict[str, Any]) -> None:
-    """Write atomically (tmp + rename) so an interrupted save never leaves a broken file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Write atomically, so an interrupted save never leaves a broken file."""
+    atomic_save(payload, path)
+
+
+def controller_name(improved: bool) -> str:
+    return "improved" if improved else "legacy"
 
 
 def run_state(
@@ -47,22 +32,26 @@ def run_state(
     epoch: int,
     env_steps: int,
     best_reward: float,
-    normalizer: dict,
-    episode_returns: list[float],
+    collector: dict[str, Any],
     log_dir: str,
     env_name: str,
+    optimizer_name: str,
+    algorithm: str,
 ) -> dict[str, Any]:
+    """Everything --resume needs to continue the run exactly where it stopped."""
     return {
         "kind": "run",
         "env_name": env_name,
+        "controller": controller_name(model.cfg.improved_controller),
+        "optimizer_name": optimizer_name,
+        "algorithm": algorithm,
         "model_config": asdict(model.cfg),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "env_steps": env_steps,
         "best_reward": best_reward,
-        "normalizer": normalizer,
-        "episode_returns": episode_returns,
+        "collector": collector,
         "log_dir": log_dir,
         "rng": rng_state(),
     }
@@ -74,17 +63,39 @@ def load(path: str, device: torch.device) -> dict[str, Any]:
 
 
 def check_compatible(saved: dict[str, Any], cfg: ModelConfig, env_name: str, path: str) -> None:
-    """Shapes that must match for a checkpoint's weights to fit the model being built."""
+    """Refuse a checkpoint whose weights do not fit the model being built: another env, other
+    sizes, or (for a full run) another controller."""
     if saved.get("env_name") != env_name:
         raise ValueError(
             f"{path} was trained on {saved.get('env_name')!r}, not {env_name!r}; "
             "pass the matching --env-name."
         )
-    sizes = ("z_dim", "d_model", "memory_layers", "memory_heads", "memory_window")
     old = saved.get("model_config", {})
+    if saved.get("kind") == "run" and "improved_controller" in old:
+        was, now = old["improved_controller"], cfg.improved_controller
+        if was != now:
+            fix = "add" if was else "drop"
+            raise ValueError(
+                f"{path} was trained with the {controller_name(was)} controller, this run builds "
+                f"the {controller_name(now)} one; {fix} --use-improved-controller to load it."
+            )
+    sizes = ("z_dim", "d_model", "memory_layers", "memory_heads", "memory_window")
     diff = {k: (old.get(k), getattr(cfg, k)) for k in sizes if old.get(k) != getattr(cfg, k)}
     if diff:
         raise ValueError(f"{path} has other model sizes (saved, now): {diff}; match the flags.")
+
+
+def check_resumable(saved: dict[str, Any], optimizer_name: str, algorithm: str, path: str) -> None:
+    """--resume continues the same run: the optimizer and algorithm must be the saved ones."""
+    for what, was, now, flag in (
+        ("optimizer", saved.get("optimizer_name"), optimizer_name, "--optimizer"),
+        ("algorithm", saved.get("algorithm"), algorithm, "--use-a2c"),
+    ):
+        if was is not None and was != now:
+            raise ValueError(
+                f"--resume {path}: that run used the {what} {was!r}, this one {now!r}; "
+                f"set {flag} as the saved run did."
+            )
 
 
 def load_weights(model: WorldModel, path: str, env_name: str) -> list[str]:

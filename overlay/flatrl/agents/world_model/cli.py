@@ -1,4 +1,5 @@
-"""Command line of the world-model agent (the seed's flags, plus optimizer/SAM and run control)."""
+"""Command line of the world-model agent: model and algorithm, hyperparameters, optimizer/SAM,
+run control. Every option is validated (config.validate) before anything is built."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m flatrl.agents.world_model",
-        description="Enhanced World Model: VQ-VAE + temporal transformer + planning controller, "
-        "trained with A2C/GAE. One epoch = one rollout of n_steps x n_envs env steps and one pass "
-        "over it in --num-minibatches gradient steps.",
+        description="World-model agent: VQ-VAE + temporal transformer + planning controller, "
+        "trained with A2C/GAE (--use-a2c) or REINFORCE with a value baseline. One epoch = one "
+        "rollout of n_steps x n_envs env steps, then --update-epochs passes over it in "
+        "--num-minibatches gradient steps each.",
     )
-    seed_flags = p.add_argument_group("seed flags")
+    seed_flags = p.add_argument_group("model, algorithm and files")
     seed_flags.add_argument("--env-name", default=d.env_name)
     seed_flags.add_argument("--max-epoch", type=int, default=d.max_epoch)
     seed_flags.add_argument("--learning-rate", type=float, default=d.learning_rate)
@@ -33,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     seed_flags.add_argument(
         "--use-a2c",
         action="store_true",
-        help="A2C with GAE; without it: REINFORCE with a value baseline "
-        "(Monte-Carlo returns, lambda = 1)",
+        help="A2C with GAE and bootstrapped returns (rollouts reused, see --update-epochs); "
+        "without it: REINFORCE with a value baseline (Monte-Carlo returns, no bootstrapping, one "
+        "pass per rollout, no clip)",
     )
     seed_flags.add_argument(
         "--planning-horizon",
@@ -45,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     seed_flags.add_argument("--n-steps", type=int, default=d.n_steps)
     hp = p.add_argument_group("A2C hyperparameters")
     hp.add_argument("--gamma", type=float, default=d.gamma)
-    hp.add_argument("--gae-lambda", type=float, default=d.gae_lambda)
+    hp.add_argument(
+        "--gae-lambda",
+        type=float,
+        default=None,
+        help="GAE lambda, --use-a2c only (default 0.95)",
+    )
     hp.add_argument("--value-coef", type=float, default=d.value_coef)
     hp.add_argument("--entropy-coef", type=float, default=d.entropy_coef)
     hp.add_argument("--memory-coef", type=float, default=d.memory_coef)
@@ -59,27 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument(
         "--update-epochs",
         type=int,
-        default=d.update_epochs,
-        help="passes over each rollout (1, with --num-minibatches 1 and --clip-range 0: A2C)",
+        default=None,
+        help="passes over each rollout: 4 with --use-a2c (1, with --num-minibatches 1 and "
+        "--clip-range 0: plain A2C); REINFORCE takes exactly 1",
     )
     hp.add_argument(
         "--clip-range",
         type=float,
-        default=d.clip_range,
-        help="PPO ratio clip for the steps after the first on a rollout (0: none)",
+        default=None,
+        help="PPO ratio clip for the steps after the first on a rollout, --use-a2c only "
+        "(default 0.2; 0: none)",
     )
     hp.add_argument(
         "--planning-start-epoch",
         type=int,
         default=d.planning_start_epoch,
-        help="act with the policy alone before this epoch (the seed's advice: no planning "
-        "while the world model is still untrained); evaluation always plans",
+        help="act with the policy alone before this epoch (a planner on an untrained world "
+        "model only adds noise); evaluation always plans",
     )
     hp.add_argument(
         "--plan-weight",
         type=float,
         default=d.plan_weight,
-        help="share of the planner in the blended policy (the seed's 30%%)",
+        help="share of the planner in the blended policy (default 0.3)",
     )
     hp.add_argument(
         "--memory-window",
@@ -91,15 +101,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-layers", type=int, default=None, help="transformer layers (1 vector, 2 image)"
     )
     hp.add_argument("--z-dim", type=int, default=None, help="latent size (32 vector, 64 image)")
-    hp.add_argument("--no-normalize-rewards", dest="normalize_rewards", action="store_false")
+    hp.add_argument(
+        "--no-normalize-rewards",
+        dest="normalize_rewards",
+        action="store_false",
+        help="train on raw rewards instead of rewards / running std of the return (RL and "
+        "pre-training alike)",
+    )
     opt = p.add_argument_group("optimizer")
     opt.add_argument("--optimizer", choices=("adam", "sam"), default=d.optimizer)
-    opt.add_argument("--sam-rho", type=float, default=None, help="SAM radius (default 0.05)")
+    opt.add_argument(
+        "--sam-rho",
+        type=float,
+        default=None,
+        help="SAM radius, >= 0 (default 0.05; 0: a zero-radius SAM step, which still takes the "
+        "second pass and updates exactly as Adam does)",
+    )
     opt.add_argument(
         "--sam-scope",
         choices=SAM_SCOPES,
         default=None,
         help="parameters SAM perturbs (default memory: the dynamics model)",
+    )
+    opt.add_argument(
+        "--sam-adaptive",
+        action="store_true",
+        help="ASAM: scale the perturbation element-wise by |w|",
+    )
+    opt.add_argument(
+        "--sam-every",
+        type=int,
+        default=None,
+        help="a SAM step on every k-th update, plain Adam steps between (default 1)",
     )
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int, default=d.seed)
@@ -109,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="auto",
         default=None,
-        help="continue from a checkpoint (default: <save-path>/last_<env>.pt)",
+        help="continue from a checkpoint (default: <save-path>/last_<env>_<controller>_"
+        "<algorithm>_<optimizer>_s<seed>.pt); with environments that can be saved "
+        "(e.g. CartPole) the continued run is exactly the uninterrupted one",
     )
     run.add_argument("--log-dir", default=d.log_dir, help="TensorBoard root (runs/)")
     run.add_argument(

@@ -2,10 +2,14 @@
 
 One *epoch* is one rollout of `n_steps` vector steps in each of the `env_batch_number`
 environments (n_steps x n_envs env steps) followed by `update_epochs` passes over it in
-`num_minibatches` gradient steps each. With --update-epochs 1 --num-minibatches 1
---clip-range 0 that is exactly one A2C update per epoch. A 100k-step budget then buys only ~50
-updates, too few to solve CartPole, so the defaults reuse each rollout for 4 x 4 steps and
-keep the later ones near the behaviour policy with PPO's ratio clip (0.2).
+`num_minibatches` gradient steps each.
+
+With --use-a2c (GAE, bootstrapped returns) the defaults reuse each rollout for 4 passes and keep
+the later steps near the behaviour policy with PPO's ratio clip (0.2): --update-epochs 1
+--num-minibatches 1 --clip-range 0 is exactly one A2C update per epoch, but a 100k-step budget
+then buys only ~50 updates, too few to solve CartPole. Without --use-a2c the update is plain
+REINFORCE with a value baseline: Monte-Carlo returns (no bootstrapping), one pass per rollout, no
+clip; asking for rollout reuse, a clip or a GAE lambda there is refused.
 """
 
 from __future__ import annotations
@@ -15,14 +19,27 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flatrl.optim import SAMConfig
+from flatrl.runtime import resolve_device
+
 from .envs import EnvSpec, auto_env_count, describe_env
 
 SAM_SCOPES = ("memory", "all", "vision", "controller", "world_model")
+# SAMConfig reports errors under the names the user typed.
+SAM_FLAGS = {
+    "rho": "--sam-rho",
+    "adaptive": "--sam-adaptive",
+    "every_k": "--sam-every",
+    "scope": "--sam-scope",
+    "clip_grad_norm": "--max-grad-norm",
+}
+# What --use-a2c uses when the flag is not given; REINFORCE (no --use-a2c) takes no such settings.
+A2C_DEFAULTS = {"gae_lambda": 0.95, "update_epochs": 4, "clip_range": 0.2}
 
 
 @dataclass
 class TrainConfig:
-    """All CLI options; defaults are the seed's unless noted."""
+    """All CLI options. None means "the default for this kind of run" (see the properties)."""
 
     env_name: str = "CarRacing-v3"
     max_epoch: int = 200
@@ -37,15 +54,14 @@ class TrainConfig:
     planning_horizon: int = 5
     n_steps: int = 128
     gamma: float = 0.99
-    gae_lambda: float = 0.95
+    gae_lambda: float | None = None
     value_coef: float = 0.5
     entropy_coef: float = 0.01
     memory_coef: float = 0.1
     max_grad_norm: float = 0.5
-    # ours
     num_minibatches: int = 4
-    update_epochs: int = 4
-    clip_range: float = 0.2
+    update_epochs: int | None = None
+    clip_range: float | None = None
     plan_weight: float = 0.3
     planning_start_epoch: int = 100
     memory_window: int | None = None
@@ -55,6 +71,8 @@ class TrainConfig:
     optimizer: str = "adam"
     sam_rho: float | None = None
     sam_scope: str | None = None
+    sam_adaptive: bool = False
+    sam_every: int | None = None
     seed: int = 0
     device: str = "auto"
     resume: str | None = None
@@ -66,12 +84,33 @@ class TrainConfig:
     spec: EnvSpec | None = field(default=None, repr=False)
 
     @property
-    def rho(self) -> float:
-        return 0.05 if self.sam_rho is None else self.sam_rho
-
-    @property
     def scope(self) -> str:
+        """Parameters SAM perturbs: the memory (dynamics model) unless --sam-scope says."""
         return "memory" if self.sam_scope is None else self.sam_scope
+
+    def sam_config(self) -> SAMConfig:
+        """The SAM settings (raises SAMConfigError, a ValueError, naming the flag at fault)."""
+        config = SAMConfig(
+            rho=0.05 if self.sam_rho is None else self.sam_rho,
+            adaptive=self.sam_adaptive,
+            every_k=1 if self.sam_every is None else self.sam_every,
+            scope=self.scope,
+            clip_grad_norm=self.max_grad_norm,
+            names=SAM_FLAGS,
+        )
+        config.check_scope(SAM_SCOPES, "--sam-scope")
+        return config
+
+    def resolved(self, name: str) -> float:
+        """gae_lambda / update_epochs / clip_range: the flag if given, else the algorithm's.
+
+        REINFORCE (no --use-a2c) has Monte-Carlo returns (lambda 1), one pass, no clip.
+        """
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        reinforce = {"gae_lambda": 1.0, "update_epochs": 1, "clip_range": 0.0}
+        return A2C_DEFAULTS[name] if self.use_a2c else reinforce[name]
 
     @property
     def num_envs(self) -> int:
@@ -104,12 +143,21 @@ class TrainConfig:
         return 64 if self.spec.obs_kind == "image" else 32
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
+
+    def run_tag(self) -> str:
+        """What tells runs apart: env, controller, algorithm, optimizer and seed.
+
+        Checkpoint names and TensorBoard run names carry it, so concurrent runs that differ in
+        any of these never write the same file.
+        """
+        ctrl = "improved" if self.use_improved_controller else "legacy"
+        algo = "a2c" if self.use_a2c else "reinforce"
+        return f"{self.env_name}_{ctrl}_{algo}_{self.optimizer}_s{self.seed}"
 
     def checkpoint_path(self, kind: str) -> str:
-        return os.path.join(self.save_path, f"{kind}_{self.env_name}.pt")
+        """`<save-path>/<kind>_<run tag>.pt` (kind: best or last)."""
+        return os.path.join(self.save_path, f"{kind}_{self.run_tag()}.pt")
 
     def resume_path(self) -> str | None:
         if self.resume is None:
@@ -127,7 +175,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "--max-epoch": cfg.max_epoch,
         "--n-steps": cfg.n_steps,
         "--num-minibatches": cfg.num_minibatches,
-        "--update-epochs": cfg.update_epochs,
+        "--update-epochs": 1 if cfg.update_epochs is None else cfg.update_epochs,
         "--save-every": cfg.save_every,
         "--memory-window": 1 if cfg.memory_window is None else cfg.memory_window,
         "--memory-layers": 1 if cfg.memory_layers is None else cfg.memory_layers,
@@ -143,11 +191,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _fail(
             f"--planning-horizon must be >= 0 (0 turns planning off), got {cfg.planning_horizon}."
         )
-    if not 0 < cfg.gamma <= 1 or not 0 <= cfg.gae_lambda <= 1:
-        _fail(
-            f"--gamma must be in (0, 1] and --gae-lambda in [0, 1], "
-            f"got {cfg.gamma}, {cfg.gae_lambda}."
-        )
+    if not 0 < cfg.gamma <= 1:
+        _fail(f"--gamma must be in (0, 1], got {cfg.gamma}.")
+    if cfg.gae_lambda is not None and not 0 <= cfg.gae_lambda <= 1:
+        _fail(f"--gae-lambda must be in [0, 1], got {cfg.gae_lambda}.")
     for flag, value in {
         "--value-coef": cfg.value_coef,
         "--entropy-coef": cfg.entropy_coef,
@@ -156,7 +203,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     }.items():
         if value < 0:
             _fail(f"{flag} must be >= 0, got {value}.")
-    if not 0 <= cfg.clip_range < 1:
+    if cfg.clip_range is not None and not 0 <= cfg.clip_range < 1:
         _fail(f"--clip-range must be in [0, 1) (0: plain A2C surrogate), got {cfg.clip_range}.")
     if cfg.max_grad_norm <= 0:
         _fail(f"--max-grad-norm must be > 0, got {cfg.max_grad_norm}.")
@@ -176,21 +223,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             )
     if cfg.optimizer not in ("adam", "sam"):
         _fail(f"--optimizer must be adam or sam, got {cfg.optimizer!r}.")
-    if cfg.optimizer != "sam" and (cfg.sam_rho is not None or cfg.sam_scope is not None):
+    sam_flags = {
+        "--sam-rho": cfg.sam_rho is not None,
+        "--sam-scope": cfg.sam_scope is not None,
+        "--sam-adaptive": cfg.sam_adaptive,
+        "--sam-every": cfg.sam_every is not None,
+    }
+    given = [flag for flag, set_ in sam_flags.items() if set_]
+    if cfg.optimizer != "sam" and given:
         _fail(
-            "--sam-rho/--sam-scope only apply with --optimizer sam; "
-            "add --optimizer sam or drop them."
+            f"{'/'.join(given)} only apply with --optimizer sam; add --optimizer sam or drop them."
         )
-    if cfg.sam_rho is not None and cfg.sam_rho <= 0:
-        _fail(f"--sam-rho must be > 0, got {cfg.sam_rho}.")
-    if cfg.sam_scope is not None and cfg.sam_scope not in SAM_SCOPES:
-        _fail(f"--sam-scope must be one of {SAM_SCOPES}, got {cfg.sam_scope!r}.")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device must be auto, cpu or cuda, got {cfg.device!r}.")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        _fail(
-            "--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto."
-        )
+    if cfg.optimizer == "sam":
+        cfg.sam_config()  # SAMConfigError (a ValueError) names the flag and a fix
+    try:
+        resolve_device(cfg.device)
+    except ValueError as err:
+        _fail(f"--device {cfg.device}: {err}")
     if cfg.pretrain_vision and cfg.pretrain_memory:
         _fail(
             "--pretrain-vision and --pretrain-memory are separate stages; "
@@ -201,6 +250,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _fail(
             "--use-a2c trains the controller end to end; "
             "drop it for --pretrain-vision/--pretrain-memory."
+        )
+    a2c_only = {
+        "--gae-lambda": cfg.gae_lambda is not None,
+        "--clip-range": cfg.clip_range is not None and cfg.clip_range > 0,
+        "--update-epochs": cfg.update_epochs is not None and cfg.update_epochs > 1,
+    }
+    asked = [flag for flag, set_ in a2c_only.items() if set_]
+    if asked and pretrain:
+        _fail(f"{'/'.join(asked)} tune the RL update; pre-training does not use them, drop them.")
+    if asked and not cfg.use_a2c:
+        _fail(
+            f"{'/'.join(asked)} need --use-a2c: without it the update is REINFORCE with a value "
+            "baseline (Monte-Carlo returns, one pass per rollout, no clip). Add --use-a2c or drop "
+            f"{'/'.join(asked)}."
         )
     if pretrain and cfg.resume is not None:
         _fail("--resume continues an RL run; pre-training stages are short, rerun them instead.")

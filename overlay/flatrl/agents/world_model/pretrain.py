@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from flatrl.runtime import seed_everything
+
 from . import checkpoint
 from .a2c import encode_rollout, history
 from .config import TrainConfig
 from .envs import make_vector_env
 from .rollout import Rollout, RolloutCollector
-from .train import model_config, run_name, seed_everything
+from .train import model_config, run_name
 from .world_model import WorldModel
 
 
@@ -65,7 +67,11 @@ def pretrain(cfg: TrainConfig) -> str:
     params = [p for m in trained for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
     envs = make_vector_env(cfg.env_name, cfg.num_envs, cfg.seed)
-    collector = RolloutCollector(envs, model, cfg.n_steps, device, cfg.seed, cfg.gamma)
+    # The reward predictor learns the same reward scale RL will train it on (raw with
+    # --no-normalize-rewards, else reward / running std of the return).
+    collector = RolloutCollector(
+        envs, model, cfg.n_steps, device, cfg.seed, cfg.gamma, cfg.normalize_rewards
+    )
     writer = SummaryWriter(os.path.join(cfg.log_dir, f"pretrain-{stage}_{run_name(cfg)}"))
     try:
         for epoch in tqdm(range(1, cfg.max_epoch + 1), disable=not cfg.progress, desc=stage):

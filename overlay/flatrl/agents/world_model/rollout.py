@@ -14,11 +14,14 @@ memory history is cut there.
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.utils import EzPickle
 
 from .controllers import ActResult
 from .envs import to_env_action
@@ -77,10 +80,21 @@ class ReturnNormalizer:
         return np.clip(rewards / np.sqrt(self.var + 1e-8), -10.0, 10.0)
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
+        """Running statistics and each env's return so far (the latter only means something
+        together with the environments' own state)."""
+        return {
+            "mean": self.mean,
+            "var": self.var,
+            "count": self.count,
+            "returns": self.returns.copy(),
+        }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, episodes_in_flight: bool = True) -> None:
+        """episodes_in_flight=False: the environments start fresh episodes, so the per-env
+        returns restart at 0."""
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+        if episodes_in_flight and "returns" in state:
+            self.returns = np.array(state["returns"], dtype=np.float64)
 
 
 class EpisodeTracker:
@@ -105,6 +119,62 @@ class EpisodeTracker:
 
     def mean_return(self) -> float | None:
         return float(np.mean(self.returns)) if self.returns else None
+
+    def state_dict(self) -> dict:
+        return {
+            "ret": self.ret.copy(),
+            "len": self.len.copy(),
+            "returns": list(self.returns),
+            "lengths": list(self.lengths),
+            "finished": self.finished,
+        }
+
+    def load_state_dict(self, state: dict, episodes_in_flight: bool = True) -> None:
+        """Finished episodes always; the running ones only if the environments resume them."""
+        self.returns.clear()
+        self.returns.extend(state["returns"])
+        self.lengths.clear()
+        self.lengths.extend(state["lengths"])
+        self.finished = state["finished"]
+        if episodes_in_flight:
+            self.ret, self.len = state["ret"].copy(), state["len"].copy()
+
+
+def _capturable(env: Any) -> bool:
+    """Whether pickling `env` keeps its state: EzPickle envs (Box2D ones, e.g. CarRacing)
+    pickle their constructor arguments and come back as fresh environments."""
+    while env is not None:
+        if isinstance(env, EzPickle):
+            return False
+        env = getattr(env, "env", None)
+    return True
+
+
+def env_snapshot(envs: Any) -> bytes | None:
+    """The sub-environments of a SyncVectorEnv (simulator state, time limit, RNG) and which of
+    them reset on the next step, pickled; None when they cannot be captured exactly."""
+    subs = getattr(envs, "envs", None)
+    flags = getattr(envs, "_autoreset_envs", None)
+    if subs is None or flags is None or not all(_capturable(e) for e in subs):
+        return None
+    try:
+        return pickle.dumps({"envs": subs, "autoreset": np.array(flags)})
+    except Exception:  # e.g. an env holding a render window; resume then starts fresh episodes
+        return None
+
+
+def restore_envs(envs: Any, snapshot: bytes) -> None:
+    """Put the sub-environments of `env_snapshot` back into a SyncVectorEnv of the same size."""
+    state = pickle.loads(snapshot)
+    if len(state["envs"]) != len(envs.envs):
+        raise ValueError(
+            f"the checkpoint holds {len(state['envs'])} environments, this run has "
+            f"{len(envs.envs)}; pass the same --env-batch-number to resume."
+        )
+    for env in envs.envs:
+        env.close()
+    envs.envs = state["envs"]
+    envs._autoreset_envs = state["autoreset"]
 
 
 class RolloutCollector:
@@ -135,6 +205,48 @@ class RolloutCollector:
         self.reset_pending = np.zeros(n, dtype=bool)
         self.normalizer = ReturnNormalizer(n, gamma, normalize_rewards)
         self.episodes = EpisodeTracker(n)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this collector exactly: the context slots of the
+        next rollout, the pending autoresets, the reward normaliser, the episode statistics and
+        the environments themselves (when they can be saved; otherwise resuming starts fresh
+        episodes). A few KB for vector envs; nothing at all is kept of image frames unless the
+        environments themselves can be saved."""
+        snapshot = env_snapshot(self.envs)
+        state: dict[str, Any] = {
+            "num_envs": self.num_envs,
+            "normalizer": self.normalizer.state_dict(),
+            "episodes": self.episodes.state_dict(),
+            "envs": snapshot,
+        }
+        if snapshot is not None:
+            c = self.C
+            state.update(
+                obs=self.obs[: c + 1].clone(),
+                prev_action=self.prev_action[: c + 1].clone(),
+                hist_len=self.hist_len[: c + 1].clone(),
+                reset_pending=self.reset_pending.copy(),
+            )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Restore `state_dict`; returns whether the episodes in flight were restored too."""
+        if state["num_envs"] != self.num_envs:
+            raise ValueError(
+                f"the checkpoint was made with {state['num_envs']} environments, this run has "
+                f"{self.num_envs}; pass --env-batch-number {state['num_envs']} to resume."
+            )
+        exact = state["envs"] is not None and state["obs"].shape[0] == self.C + 1
+        self.normalizer.load_state_dict(state["normalizer"], episodes_in_flight=exact)
+        self.episodes.load_state_dict(state["episodes"], episodes_in_flight=exact)
+        if exact:
+            restore_envs(self.envs, state["envs"])
+            c = self.C
+            self.obs[: c + 1] = state["obs"].to(self.device)
+            self.prev_action[: c + 1] = state["prev_action"].to(self.device)
+            self.hist_len[: c + 1] = state["hist_len"].to(self.device)
+            self.reset_pending = state["reset_pending"].copy()
+        return exact
 
     def _context(self):
         """Acting context for slot C, rebuilt from stored observations with current weights."""

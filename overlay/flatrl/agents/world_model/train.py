@@ -1,9 +1,14 @@
-"""The RL training loop: rollouts, A2C updates, TensorBoard, checkpoints, resume."""
+"""The RL training loop: rollouts, A2C/REINFORCE updates, TensorBoard, checkpoints, resume.
+
+Resuming is exact where the environments can be saved (vector envs such as CartPole): a run of
+2N epochs and a run of N epochs resumed for N more give the same metrics and parameters on
+CPU. The checkpoint then holds the model, the optimizer, every RNG state, the reward normaliser,
+the episode statistics, the next rollout's context slots and the pickled environments.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 import time
 from dataclasses import dataclass, field, fields
 
@@ -11,6 +16,9 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from flatrl.optim import SAM
+from flatrl.runtime import seed_everything, set_rng_state
 
 from . import checkpoint
 from .a2c import A2CConfig, a2c_update
@@ -33,12 +41,9 @@ class TrainResult:
     last_checkpoint: str
     eval_returns: list[float] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    # one dict per epoch this process trained: epoch, env_steps, mean_episode_reward and the
+    # update's losses, gradient norms and sharpness (no timings, so runs can be compared)
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
@@ -54,13 +59,15 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 
 
 def a2c_config(cfg: TrainConfig) -> A2CConfig:
-    """The A2C fields of the run's config, taken by name so the two cannot drift apart.
+    """The update's fields of the run's config, taken by name so the two cannot drift apart.
 
-    Without --use-a2c the update is REINFORCE with a baseline: Monte-Carlo returns (lambda 1).
+    Without --use-a2c the update is REINFORCE with a baseline: Monte-Carlo returns without
+    bootstrapping, one pass per rollout, no clip (config.validate refuses flags asking for more).
     """
     shared = {f.name: getattr(cfg, f.name) for f in fields(A2CConfig) if hasattr(cfg, f.name)}
-    if not cfg.use_a2c:
-        shared["gae_lambda"] = 1.0
+    for name in ("gae_lambda", "update_epochs", "clip_range"):
+        shared[name] = cfg.resolved(name)
+    shared["reinforce"] = not cfg.use_a2c
     return A2CConfig(**shared)
 
 
@@ -69,8 +76,6 @@ def build_optimizer(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimize
     adam = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
     if cfg.optimizer == "adam":
         return adam
-    from flatrl.optim import SAM
-
     scopes = {
         "all": None,
         "memory": list(model.memory.parameters()),
@@ -82,14 +87,16 @@ def build_optimizer(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimize
             *model.reward_predictor.parameters(),
         ],
     }
-    return SAM(adam, rho=cfg.rho, scope=scopes[cfg.scope], clip_grad_norm=cfg.max_grad_norm)
+    return SAM.from_config(adam, cfg.sam_config(), scope=scopes[cfg.scope])
 
 
 def run_name(cfg: TrainConfig) -> str:
-    ctrl = "improved" if cfg.use_improved_controller else "legacy"
-    algo = "a2c" if cfg.use_a2c else "pg"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.env_name}_{ctrl}_{algo}_{cfg.optimizer}_s{cfg.seed}_{stamp}_{os.getpid()}"
+    """TensorBoard run directory: the run tag plus time and process id (unique per process)."""
+    return f"{cfg.run_tag()}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}"
+
+
+def algorithm(cfg: TrainConfig) -> str:
+    return "a2c" if cfg.use_a2c else "reinforce"
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -110,22 +117,23 @@ def train(cfg: TrainConfig) -> TrainResult:
     if resume is not None:
         state = checkpoint.load(resume, device)
         checkpoint.check_compatible(state, model.cfg, cfg.env_name, resume)
+        checkpoint.check_resumable(state, cfg.optimizer, algorithm(cfg), resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, env_steps, best = state["epoch"], state["env_steps"], state["best_reward"]
         log_dir = state["log_dir"]
-    # Episodes in flight cannot be saved; a resumed run starts fresh ones, seeded apart from the
-    # episodes the first part of the run already played.
+    # Where the environments could not be saved (e.g. Box2D ones), a resumed run starts fresh
+    # episodes, seeded apart from the episodes the first part of the run already played.
     env_seed = cfg.seed + 7919 * epoch
     envs = make_vector_env(cfg.env_name, cfg.num_envs, env_seed)
     collector = RolloutCollector(
         envs, model, cfg.n_steps, device, env_seed, cfg.gamma, cfg.normalize_rewards
     )
     if state is not None:
-        collector.normalizer.load_state_dict(state["normalizer"])
-        collector.episodes.returns.extend(state["episode_returns"])
-        checkpoint.set_rng_state(state["rng"])
-        tqdm.write(f"resumed from {resume} at epoch {epoch} ({env_steps} env steps)")
+        exact = collector.load_state_dict(state["collector"])
+        set_rng_state(state["rng"])  # last: building the run above drew from the generators
+        how = "episodes in flight continue" if exact else "environments start fresh episodes"
+        tqdm.write(f"resumed from {resume} at epoch {epoch} ({env_steps} env steps; {how})")
     writer = SummaryWriter(log_dir=log_dir, purge_step=epoch if resume else None)
     hp = a2c_config(cfg)
     steps_per_epoch = cfg.n_steps * cfg.num_envs
@@ -140,14 +148,16 @@ def train(cfg: TrainConfig) -> TrainResult:
                 epoch=epoch,
                 env_steps=env_steps,
                 best_reward=best,
-                normalizer=collector.normalizer.state_dict(),
-                episode_returns=list(collector.episodes.returns),
+                collector=collector.state_dict(),
                 log_dir=log_dir,
                 env_name=cfg.env_name,
+                optimizer_name=cfg.optimizer,
+                algorithm=algorithm(cfg),
             ),
         )
 
     bar = tqdm(total=cfg.max_epoch, initial=epoch, disable=not cfg.progress, desc=cfg.env_name)
+    history: list[dict[str, float]] = []
     try:
         while epoch < cfg.max_epoch:
             if cfg.max_env_steps is not None and env_steps + steps_per_epoch > cfg.max_env_steps:
@@ -158,6 +168,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             metrics = a2c_update(model, optimizer, rollout, hp)
             epoch += 1
             mean_reward = collector.episodes.mean_return()
+            history.append(
+                {"epoch": epoch, "env_steps": env_steps, "mean_episode_reward": mean_reward}
+                | metrics
+            )
             _log(writer, metrics, mean_reward, collector, epoch, env_steps, steps_per_epoch, t0)
             if mean_reward is not None and mean_reward > best:
                 best = mean_reward
@@ -170,7 +184,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             )
         save(last_path)
         result = TrainResult(
-            epoch, env_steps, best, collector.episodes.mean_return(), log_dir, last_path
+            epoch,
+            env_steps,
+            best,
+            collector.episodes.mean_return(),
+            log_dir,
+            last_path,
+            history=history,
         )
         if cfg.eval_episodes > 0:
             result.eval_returns = evaluate(model, cfg.eval_episodes, cfg.seed + 10_000, device)
@@ -184,7 +204,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _log(writer, metrics, mean_reward, collector, epoch, env_steps, steps_per_epoch, t0) -> None:
-    """The seed's metric names, plus a few that explain them."""
+    """TensorBoard scalars: train/* losses and returns, gradients/*_norm per model part."""
     if mean_reward is not None:
         writer.add_scalar("train/mean_episode_reward", mean_reward, epoch)
         writer.add_scalar(
