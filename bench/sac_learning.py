@@ -55,6 +55,12 @@ def _config(args: argparse.Namespace, case: str, seed: int, root: str) -> dict:
         f"training.actor_optimizer.lr={args.lr}",
         f"training.critic_optimizer.lr={args.lr}",
         f"training.tau={args.tau}",
+        # The README's figures are Muon on hidden matrices only; --muon-edges adds the first and
+        # last layers (the agent's default).
+        f"training.actor_optimizer.muon.apply_first_layer={str(args.muon_edges).lower()}",
+        f"training.actor_optimizer.muon.apply_last_layer={str(args.muon_edges).lower()}",
+        f"training.critic_optimizer.muon.apply_first_layer={str(args.muon_edges).lower()}",
+        f"training.critic_optimizer.muon.apply_last_layer={str(args.muon_edges).lower()}",
     ]
     config_dir = str(Path(sac_train.__file__).parent / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
@@ -88,6 +94,9 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.01, help="target-critic update rate")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, 1 thread each")
+    parser.add_argument(
+        "--muon-edges", action="store_true", help="Muon on first/last layers too (agent default)"
+    )
     args = parser.parse_args()
 
     cases = args.cases.split(",")

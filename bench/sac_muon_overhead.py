@@ -30,13 +30,16 @@ from flatrl.agents.sac.settings import load_settings  # noqa: E402
 OBS_DIM, ACTION_DIM = 17, 6
 
 
-def make_agent(case: str, width: int, layers: int, device: str) -> SACAgent:
+def make_agent(case: str, width: int, layers: int, device: str, edges: bool) -> SACAgent:
+    # edges=False: Muon on the hidden matrices only (how the README's figure was measured);
+    # True: also on the first and last layers (the agent's default since the seed's ablation).
+    muon = {"apply_first_layer": edges, "apply_last_layer": edges}
     settings = load_settings(
         {
             "model": {"hidden_dim": width, "num_layers": layers},
             "training": {
-                "actor_optimizer": {"case": case},
-                "critic_optimizer": {"case": case},
+                "actor_optimizer": {"case": case, "muon": muon},
+                "critic_optimizer": {"case": case, "muon": muon},
             },
         }
     )
@@ -77,8 +80,8 @@ def time_optimizer_steps(agent: SACAgent, n: int, device: str) -> float:
     _sync(device)
     start = time.perf_counter()
     for _ in range(n):
-        agent.critic_opt.step()
-        agent.actor_opt.step()
+        agent.critic_opt.optimizer.step()
+        agent.actor_opt.optimizer.step()
     _sync(device)
     return (time.perf_counter() - start) / n
 
@@ -92,13 +95,19 @@ def main() -> None:
     parser.add_argument("--updates-per-round", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--muon-edges",
+        action="store_true",
+        help="Muon on first/last layers too (agent default); off: hidden matrices only",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     batch = make_batch(args.batch, args.device)
     agents = {
-        case: make_agent(case, args.width, args.layers, args.device) for case in ("adamw", "muon")
+        case: make_agent(case, args.width, args.layers, args.device, args.muon_edges)
+        for case in ("adamw", "muon")
     }
     for agent in agents.values():  # warm-up: allocate optimizer state, caches
         time_updates(agent, batch, 3, args.device)
@@ -117,7 +126,7 @@ def main() -> None:
     print(
         f"SAC update, width {args.width} x {args.layers} hidden layers, batch {args.batch}, "
         f"{args.device}, {args.threads} thread(s), {args.rounds} interleaved rounds of "
-        f"{args.updates_per_round} updates; Muon on {muon_mats} hidden matrices"
+        f"{args.updates_per_round} updates; Muon on {muon_mats} matrices"
     )
     print("\n| case | ms / SAC update (median) | ms / optimizer steps (median) |")
     print("|---|---|---|")

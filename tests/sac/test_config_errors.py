@@ -19,7 +19,20 @@ from .conftest import compose_config, tiny_config
         ("training.critic_optimizer.muon.momentum=1.0", "muon.momentum=1.0 must be in [0, 1)"),
         ("training.actor_optimizer.muon.momentum=-0.1", "muon.momentum=-0.1 must be in [0, 1)"),
         ("training.actor_optimizer.betas=[1.2,0.999]", "betas[0]=1.2 must be in [0, 1)"),
-        ("training.critic_optimizer.sam.rho=-0.05", "sam.rho=-0.05"),
+        (
+            "training.critic_optimizer.sam.rho=-0.05",
+            "training.critic_optimizer.sam.rho must be >= 0, got -0.05",
+        ),
+        (
+            "training.critic_optimizer.sam.rho=0.05 training.critic_optimizer.sam.every_k=0",
+            "training.critic_optimizer.sam.every_k must be an integer >= 1",
+        ),
+        (
+            "training.actor_optimizer.betas=[0.9,0.999,0.5]",
+            "training.actor_optimizer.betas=[0.9, 0.999, 0.5] must have exactly 2 elements",
+        ),
+        ("training.alpha_betas=[0.9]", "training.alpha_betas=[0.9] must have exactly 2"),
+        ("training.actor_optimizer.sam.rho=0", "SAM is supported on the critic only"),
         ("training.actor_optimizer.sam.rho=0.05", "SAM is supported on the critic only"),
         ("model.norm=batchnorm", "model.norm='batchnorm'"),
         ("env.task=cheetah-fly", "env.task='cheetah-fly' is not a DeepMind Control task"),
@@ -30,7 +43,7 @@ from .conftest import compose_config, tiny_config
 def test_bad_value_is_one_clear_error_before_training(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    config = tiny_config(tmp_path, override)
+    config = tiny_config(tmp_path, *override.split())
     with pytest.raises(ValueError) as info:
         train(config)
     assert message in str(info.value)
@@ -48,8 +61,8 @@ def test_defaults_validate_and_cheetah_is_muon_on_both() -> None:
     assert cheetah.env.task == "cheetah-run"
     dmc = validate(compose_config())
     assert not dmc.training.critic_optimizer.sam.enabled
-    # rho 0 and null both mean "SAM off".
-    assert not validate(
+    # null is "SAM off"; 0 is a zero-radius SAM step (the control arm of a rho sweep).
+    assert validate(
         compose_config("training.critic_optimizer.sam.rho=0")
     ).training.critic_optimizer.sam.enabled
     assert validate(

@@ -19,6 +19,8 @@ ACTOR_LAST = {"mean.weight", "log_std.weight"}
 CRITIC_HIDDEN = {"q1.fcs.1.weight", "q2.fcs.1.weight"}
 CRITIC_FIRST = {"q1.fcs.0.weight", "q2.fcs.0.weight"}
 CRITIC_LAST = {"q1.out.weight", "q2.out.weight"}
+# The Q heads are (1, hidden): a weight with a size-1 dimension never goes to Muon.
+CRITIC_LAST_MUON: set[str] = set()
 
 
 def _agent(*overrides: str) -> SACAgent:
@@ -47,14 +49,34 @@ def test_muon_case_split_follows_toggles(first: bool, last: bool) -> None:
     agent = _agent(*toggles)
     for net, module, hidden, first_set, last_set in (
         ("actor", agent.actor, ACTOR_HIDDEN, ACTOR_FIRST, ACTOR_LAST),
-        ("critic", agent.critic, CRITIC_HIDDEN, CRITIC_FIRST, CRITIC_LAST),
+        ("critic", agent.critic, CRITIC_HIDDEN, CRITIC_FIRST, CRITIC_LAST_MUON),
     ):
         split = _split(getattr(agent, f"{net}_opt"), module)
         expected_muon = hidden | (first_set if first else set()) | (last_set if last else set())
         all_names = {n for n, _ in module.named_parameters()}
         assert split["muon"] == expected_muon, net
         assert split["adamw"] == all_names - expected_muon, net
-        assert all("bias" in n for n in split["adamw"] - first_set - last_set)
+        assert all("bias" in n for n in split["adamw"] - first_set - ACTOR_LAST - CRITIC_LAST)
+
+
+def test_muon_covers_first_and_last_layers_unless_excluded() -> None:
+    """Defaults: Muon on the first and last layers (the seed's "exclude the heads" ablation
+    sets apply_last_layer=false, so it must differ from the plain Muon run)."""
+    muon = ("training.actor_optimizer.case=muon", "training.critic_optimizer.case=muon")
+    default = _agent(*muon)
+    assert default.cfg.actor_optimizer.muon.apply_first_layer
+    assert default.cfg.actor_optimizer.muon.apply_last_layer
+    assert default.cfg.critic_optimizer.muon.apply_first_layer
+    assert default.cfg.critic_optimizer.muon.apply_last_layer
+    assert _split(default.actor_opt, default.actor)["muon"] == (
+        ACTOR_HIDDEN | ACTOR_FIRST | ACTOR_LAST
+    )
+    # The critic's (1, hidden) Q heads stay on the fallback even with apply_last_layer=true.
+    critic = _split(default.critic_opt, default.critic)
+    assert critic["muon"] == CRITIC_HIDDEN | CRITIC_FIRST
+    assert CRITIC_LAST <= critic["adamw"]
+    no_heads = _agent(*muon, "training.actor_optimizer.muon.apply_last_layer=false")
+    assert _split(no_heads.actor_opt, no_heads.actor)["muon"] == ACTOR_HIDDEN | ACTOR_FIRST
 
 
 @pytest.mark.parametrize("case", ["adam", "adamw"])
@@ -72,6 +94,7 @@ def test_mixed_cases_and_fallback_choice() -> None:
         "training.actor_optimizer.case=adamw",
         "training.critic_optimizer.case=muon",
         "training.critic_optimizer.fallback=adam",
+        "training.critic_optimizer.muon.apply_first_layer=false",
     )
     assert set(_split(agent.actor_opt, agent.actor)) == {"adamw"}
     split = _split(agent.critic_opt, agent.critic)
@@ -82,6 +105,7 @@ def test_mixed_cases_and_fallback_choice() -> None:
 def test_norm_and_spectral_norm_params_are_split_correctly() -> None:
     agent = _agent(
         "training.critic_optimizer.case=muon",
+        "training.critic_optimizer.muon.apply_first_layer=false",
         "model.norm=layernorm",
         "model.spectral_norm=true",
         "model.num_layers=3",
@@ -94,7 +118,11 @@ def test_norm_and_spectral_norm_params_are_split_correctly() -> None:
 
 
 def test_muon_momentum_buffers_exist_exactly_for_muon_params() -> None:
-    agent = _agent("training.critic_optimizer.case=muon", "training.actor_optimizer.case=muon")
+    agent = _agent(
+        "training.critic_optimizer.case=muon",
+        "training.actor_optimizer.case=muon",
+        "training.critic_optimizer.muon.apply_first_layer=false",
+    )
     batch = {
         "obs": torch.randn(8, OBS),
         "action": torch.rand(8, ACT) * 2 - 1,

@@ -9,29 +9,30 @@ Layout of one run::
 
     <checkpoint_dir>/<method>/<task>/seed_<s>/checkpoint.pt   agent + optimizers + RNG + step
     <checkpoint_dir>/<method>/<task>/seed_<s>/tb/              TensorBoard events
-    <replay_dir>/<method>/<task>/seed_<s>/step_<N>/             torchrl buffer dump at step N
+    <replay_dir>/<method>/<task>/seed_<s>/step_<N>/             replay dump at step N
 
-Save order keeps the pair consistent if the job dies at any point: the buffer is dumped to a
-new ``step_<N>`` directory, then ``checkpoint.pt`` is atomically replaced by one that names
-that directory, and only then are older buffer dumps deleted.
+The checkpoint and its replay dump are one unit, committed by a single atomic rename: the
+buffer is dumped (and synced) to a *new* directory that no checkpoint names yet, then
+``checkpoint.pt`` is atomically replaced by one that names that directory, and only then are
+older dumps deleted. A job that dies at any point leaves the previous checkpoint with the dump
+it names, or the new pair; never a checkpoint whose buffer is from another step. A dump a
+checkpoint names is never overwritten (a second save at the same step gets ``step_<N>.1``).
 """
 
 from __future__ import annotations
 
-import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from flatrl.agents.sac.settings import Settings
+from flatrl.runtime import atomic_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _absolute(path: str) -> Path:
@@ -58,7 +59,12 @@ class RunPaths:
         return self.run_dir / "tb"
 
     def replay_at(self, env_steps: int) -> Path:
-        return self.replay_root / f"step_{env_steps}"
+        """A dump directory for ``env_steps`` that does not exist yet."""
+        path, k = self.replay_root / f"step_{env_steps}", 0
+        while path.exists() or path.with_name(path.name + ".tmp").exists():
+            k += 1
+            path = self.replay_root / f"step_{env_steps}.{k}"
+        return path
 
 
 def resolve_paths(settings: Settings) -> RunPaths:
@@ -69,47 +75,37 @@ def resolve_paths(settings: Settings) -> RunPaths:
     )
 
 
-def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(paths: RunPaths, state: dict[str, Any], memory: Any | None) -> Path:
-    """Write the replay buffer (if given) and then ``state``; returns the checkpoint path."""
+    """Write the replay buffer (if given), then commit ``state`` naming it; see the module doc.
+
+    Returns the checkpoint path. Older dumps (and leftovers of interrupted saves) are deleted
+    only after the commit.
+    """
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     env_steps = int(state["loop"]["env_steps"])
     replay_path = None
     if memory is not None:
-        replay_path = paths.replay_at(env_steps)
         paths.replay_root.mkdir(parents=True, exist_ok=True)
+        replay_path = paths.replay_at(env_steps)
         memory.save(replay_path)
     payload = dict(
         state,
         format_version=FORMAT_VERSION,
-        replay_path=None if replay_path is None else str(replay_path),
+        # Relative to the run's replay root, so a run directory can be moved as a whole.
+        replay_path=None if replay_path is None else replay_path.name,
     )
-    tmp = paths.checkpoint.with_name(CHECKPOINT_NAME + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, paths.checkpoint)
-    if replay_path is not None:
+    atomic_save(payload, paths.checkpoint)
+    if paths.replay_root.is_dir():
         for old in paths.replay_root.glob("step_*"):
             if old != replay_path:
                 shutil.rmtree(old, ignore_errors=True)
     return paths.checkpoint
+
+
+def replay_dump(paths: RunPaths, state: dict[str, Any]) -> Path | None:
+    """The replay dump a loaded checkpoint names (None if it was saved without one)."""
+    name = state.get("replay_path")
+    return None if name is None else paths.replay_root / name
 
 
 def load_checkpoint(paths: RunPaths) -> dict[str, Any]:

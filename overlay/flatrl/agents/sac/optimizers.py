@@ -1,8 +1,10 @@
 """From an optimizer config block to the optimizer, its momentum schedule and optional SAM.
 
 All the optimizer logic lives in :mod:`flatrl.optim`; this module only translates the seed's
-config keys (case, betas, muon.*, *_momentum_schedule, sam.rho) into calls to it, using the
-networks' own first/last-layer names so the Muon toggles mean what the seed says.
+config keys (case, betas, muon.*, *_momentum_schedule, sam.*) into calls to it, using the
+networks' own first/last-layer names so the Muon toggles mean what the seed says. SAM is built
+with :meth:`SAM.from_config` from the one :class:`flatrl.optim.SAMConfig`, and stepped by
+:func:`flatrl.optim.sam_step` in the agent.
 """
 
 from __future__ import annotations
@@ -28,12 +30,6 @@ class NetworkOptimizer:
     @property
     def uses_sam(self) -> bool:
         return isinstance(self.optimizer, SAM)
-
-    def step(self, closure: Any = None, loss: torch.Tensor | None = None) -> Any:
-        """Step the optimizer (SAM needs ``closure``; ``loss`` feeds its sharpness log)."""
-        if self.uses_sam:
-            return self.optimizer.step(closure, loss=loss)
-        return self.optimizer.step()
 
     def after_update(self) -> None:
         """Advance the momentum schedule by one update (no-op when disabled)."""
@@ -72,8 +68,14 @@ def build_network_optimizer(
     schedule: ScheduleSettings,
     first_layer_names: list[str],
     last_layer_names: list[str],
+    key: str,
+    grad_clip: float | None = None,
 ) -> NetworkOptimizer:
-    """Optimizer for ``module`` per its config block (case, Muon split, schedule, SAM)."""
+    """Optimizer for ``module`` per its config block ``key`` (case, Muon split, schedule, SAM).
+
+    With SAM, ``grad_clip`` becomes SAM's ``clip_grad_norm``: the clipping must act on the
+    gradient the base step applies (taken at the perturbed weights), not on the first pass's.
+    """
     base = build_optimizer(
         module,
         case=cfg.case,
@@ -94,5 +96,5 @@ def build_network_optimizer(
     sched = DelayedMomentum(base, start_step=schedule.start_step) if schedule.enabled else None
     optimizer: torch.optim.Optimizer = base
     if cfg.sam.enabled:
-        optimizer = SAM(base, rho=cfg.sam.rho, adaptive=cfg.sam.adaptive, every_k=cfg.sam.every_k)
+        optimizer = SAM.from_config(base, cfg.sam.config(key, clip_grad_norm=grad_clip))
     return NetworkOptimizer(optimizer=optimizer, base=base, schedule=sched)

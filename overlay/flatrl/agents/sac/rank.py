@@ -36,6 +36,16 @@ def feature_rank_metrics(features: Sequence[torch.Tensor], top_k: int) -> dict[s
 def critic_rank_metrics(
     critic: Critic, obs: torch.Tensor, action: torch.Tensor, max_samples: int, top_k: int
 ) -> dict[str, float]:
-    """Rank metrics of ``critic`` on at most ``max_samples`` (obs, action) pairs."""
-    feats = critic.features(obs[:max_samples], action[:max_samples])
+    """Rank metrics of ``critic`` on at most ``max_samples`` (obs, action) pairs.
+
+    A diagnostic must not change the run it observes: the critic runs in eval mode, so spectral
+    normalisation does not advance its power iteration (its ``u``/``v`` buffers are training
+    state), and its previous mode is restored afterwards.
+    """
+    was_training = critic.training
+    critic.eval()
+    try:
+        feats = critic.features(obs[:max_samples], action[:max_samples])
+    finally:
+        critic.train(was_training)
     return feature_rank_metrics(feats, top_k)

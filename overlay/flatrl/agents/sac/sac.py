@@ -3,27 +3,58 @@
 The agent owns the networks, the three optimizers (actor, critic, temperature) and the update
 counter; the training loop owns the environment, the replay memory and logging. SAM on the
 critic needs the critic loss as a function of the weights, so the TD target is computed once
-(no gradient) and the closure recomputes only the Q predictions on the same batch.
+(no gradient) and :func:`flatrl.optim.sam_step` recomputes only the Q predictions on the same
+batch. With spectral normalisation the second pass uses the power-iteration vectors the first
+pass left, without iterating again: at ``rho = 0`` it then computes exactly the first pass,
+and SAM leaves the power-iteration state as plain training would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from flatrl.agents.sac.models import Actor, Critic
 from flatrl.agents.sac.optimizers import NetworkOptimizer, build_network_optimizer
 from flatrl.agents.sac.rank import critic_rank_metrics
 from flatrl.agents.sac.settings import ModelSettings, TrainingSettings
+from flatrl.optim import sam_step
+from flatrl.runtime import TorchRNG
 
 
 def _grad_norm(params: list[torch.Tensor], clip: float | None) -> torch.Tensor:
     """Total gradient norm (clipping to ``clip`` when set); a tensor, to avoid a host sync."""
     return torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Parameters in the optimizer's group order, the order SAM's own clipping sums them in."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+@contextlib.contextmanager
+def frozen_power_iteration(module: torch.nn.Module) -> Iterator[None]:
+    """Spectral norms under ``module`` use their stored vectors without iterating (eval mode).
+
+    Only the spectral-norm parametrizations change mode, so the rest of the network keeps
+    its training behaviour; their ``u``/``v`` buffers are left exactly as they were.
+    """
+    spectral = [m for m in module.modules() if isinstance(m, _SpectralNorm)]
+    modes = [m.training for m in spectral]
+    for m in spectral:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(spectral, modes, strict=True):
+            m.training = mode
 
 
 class SACAgent:
@@ -56,6 +87,7 @@ class SACAgent:
             training.actor_momentum_schedule,
             Actor.first_layer_names(),
             Actor.last_layer_names(),
+            key="training.actor_optimizer",
         )
         self.critic_opt: NetworkOptimizer = build_network_optimizer(
             self.critic,
@@ -63,6 +95,8 @@ class SACAgent:
             training.critic_momentum_schedule,
             Critic.first_layer_names(),
             Critic.last_layer_names(),
+            key="training.critic_optimizer",
+            grad_clip=training.grad_clip,
         )
         self.alpha_opt = torch.optim.Adam(
             [self.log_alpha], lr=training.alpha_lr, betas=tuple(training.alpha_betas)
@@ -90,34 +124,38 @@ class SACAgent:
         return batch["reward"] + batch["not_done"] * self.cfg.gamma * soft_v
 
     # --- updates -----------------------------------------------------------------------------
-    def update_critic(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def update_critic(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
+        """One critic step; with SAM, through :func:`flatrl.optim.sam_step`.
+
+        ``train/critic_grad_norm`` is the first pass's total gradient norm before clipping in
+        both cases. Without SAM the gradient is clipped here; with SAM, SAM clips the gradient
+        its base step applies (``training.grad_clip`` is its ``clip_grad_norm``).
+        """
         target = self._td_target(batch)
         opt = self.critic_opt.optimizer
+        params = _optimizer_params(opt)
+        rng = TorchRNG(self.device) if self.critic_opt.uses_sam else None
         opt.zero_grad(set_to_none=True)
         loss = self._critic_loss(batch, target)
         loss.backward()
-        params = list(self.critic.parameters())
-        grad_norm = _grad_norm(params, self.cfg.grad_clip)
-        out = {
+        out: dict[str, torch.Tensor | float] = {
             "train/critic_loss": loss.detach(),
-            "train/critic_grad_norm": grad_norm,
             "train/target_q": target.mean(),
         }
         if self.critic_opt.uses_sam:
+            out["train/critic_grad_norm"] = _grad_norm(params, None)
 
-            def closure() -> torch.Tensor:
-                opt.zero_grad(set_to_none=True)
-                perturbed = self._critic_loss(batch, target)
-                perturbed.backward()
-                _grad_norm(params, self.cfg.grad_clip)
-                return perturbed
+            def recompute() -> torch.Tensor:
+                with frozen_power_iteration(self.critic):
+                    return self._critic_loss(batch, target)
 
-            perturbed = self.critic_opt.step(closure, loss=loss.detach())
+            perturbed = sam_step(opt, loss, recompute, rng=rng, modules=[self.critic])
             if perturbed is not None:
                 out["train/critic_sam_perturbed_loss"] = perturbed
-                out["train/critic_sam_sharpness"] = perturbed - loss.detach()
+                out["train/critic_sam_sharpness"] = opt.last_sharpness
         else:
-            self.critic_opt.step()
+            out["train/critic_grad_norm"] = _grad_norm(params, self.cfg.grad_clip)
+            opt.step()
         self.critic_opt.after_update()
         return out
 
@@ -128,10 +166,10 @@ class SACAgent:
         opt = self.actor_opt.optimizer
         opt.zero_grad(set_to_none=True)
         # Only the actor's gradients are needed; the critic's stay untouched (and uncomputed).
-        actor_params = list(self.actor.parameters())
+        actor_params = _optimizer_params(opt)
         actor_loss.backward(inputs=actor_params)
         grad_norm = _grad_norm(actor_params, self.cfg.grad_clip)
-        self.actor_opt.step()
+        opt.step()
         self.actor_opt.after_update()
 
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
@@ -154,7 +192,7 @@ class SACAgent:
         for b_t, b in zip(self.critic_target.buffers(), self.critic.buffers(), strict=True):
             b_t.copy_(b)
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One SAC update: critic, then (every ``actor_update_freq``) actor and temperature."""
         metrics = self.update_critic(batch)
         if self.num_updates % self.cfg.actor_update_freq == 0:
@@ -167,6 +205,7 @@ class SACAgent:
     def rank_metrics(
         self, batch: dict[str, torch.Tensor], max_samples: int, top_k: int
     ) -> dict[str, float]:
+        """Feature-rank diagnostics; they leave the critic (spectral-norm vectors too) as is."""
         return critic_rank_metrics(self.critic, batch["obs"], batch["action"], max_samples, top_k)
 
     def hyperparameters(self) -> dict[str, float]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flatrl.agents.sac.models import NORMS, MLPConfig
+from flatrl.optim import SAMConfig, SAMConfigError
 
 CASES = ("adam", "adamw", "muon")
 FALLBACKS = ("adam", "adamw")
@@ -42,19 +43,30 @@ def _check_positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class MuonSettings:
-    """Muon knobs; ``lr=None`` reuses the case's ``lr`` with AdamW-matched update RMS."""
+    """Muon knobs; ``lr=None`` reuses the case's ``lr`` with AdamW-matched update RMS.
+
+    The first and last layers go to Muon unless excluded (``apply_*_layer: false``), as in the
+    seed's ablation "Muon everywhere vs without the heads". A weight with a size-1 dimension
+    (e.g. a Q head's ``(1, hidden)``) stays on the fallback whatever the toggle: the core's
+    split leaves vectors to Adam, where orthogonalisation is meaningless.
+    """
 
     momentum: float = 0.95
     nesterov: bool = True
     lr: float | None = None
     adjust_lr_fn: str | None = None
-    apply_first_layer: bool = False
-    apply_last_layer: bool = False
+    apply_first_layer: bool = True
+    apply_last_layer: bool = True
 
 
 @dataclass(frozen=True)
 class SAMSettings:
-    """SAM on the critic; ``rho`` of 0 or None means off."""
+    """SAM on the critic: off when ``rho`` is None (the default).
+
+    ``rho = 0`` is a zero-radius SAM step (the second pass runs, the sharpness is 0 and the
+    parameters are exactly the base optimizer's), the control arm of a rho sweep, as everywhere
+    in flatrl; see :mod:`flatrl.optim.sam_config`.
+    """
 
     rho: float | None = None
     adaptive: bool = False
@@ -62,7 +74,31 @@ class SAMSettings:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.rho)
+        return self.rho is not None
+
+    def config(self, key: str, clip_grad_norm: float | None = None) -> SAMConfig:
+        """The core's :class:`SAMConfig`; errors name ``<key>.sam.*`` (and training.grad_clip).
+
+        Raises ConfigError when SAM is off (``rho`` None) or a value is out of range.
+        """
+        if self.rho is None:
+            raise ConfigError(f"{key}.sam.rho is null (SAM off); there is no SAM config to build.")
+        names = {
+            "rho": f"{key}.sam.rho",
+            "adaptive": f"{key}.sam.adaptive",
+            "every_k": f"{key}.sam.every_k",
+            "clip_grad_norm": "training.grad_clip",
+        }
+        try:
+            return SAMConfig(
+                rho=self.rho,
+                adaptive=self.adaptive,
+                every_k=self.every_k,
+                clip_grad_norm=clip_grad_norm,
+                names=names,
+            )
+        except SAMConfigError as err:
+            raise ConfigError(str(err)) from err
 
 
 @dataclass(frozen=True)
@@ -89,8 +125,6 @@ class OptimizerSettings:
             _check_positive(f"{key}.muon.lr", self.muon.lr)
         _check_positive(f"{key}.weight_decay", self.weight_decay, allow_zero=True)
         _check_positive(f"{key}.eps", self.eps)
-        if len(self.betas) != 2:
-            raise ConfigError(f"{key}.betas={list(self.betas)} must be [beta1, beta2].")
         _check_unit_interval(f"{key}.betas[0]", self.betas[0])
         _check_unit_interval(f"{key}.betas[1]", self.betas[1])
         _check_unit_interval(f"{key}.muon.momentum", self.muon.momentum)
@@ -99,9 +133,9 @@ class OptimizerSettings:
                 f"{key}.muon.adjust_lr_fn={self.muon.adjust_lr_fn!r} must be null, 'original' "
                 "or 'match_rms_adamw'."
             )
-        if self.sam.rho is not None:
-            _check_positive(f"{key}.sam.rho", self.sam.rho, allow_zero=True)
-        if self.sam.every_k < 1:
+        if self.sam.enabled:
+            self.sam.config(key)
+        elif self.sam.every_k < 1:
             raise ConfigError(f"{key}.sam.every_k={self.sam.every_k} must be >= 1.")
 
 
@@ -200,9 +234,18 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is tuple:
+        args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}={value!r} must be a list, e.g. [0.9, 0.999].")
-        return tuple(_coerce(a, v, key) for a, v in zip(typing.get_args(tp), value, strict=False))
+        if len(value) != len(args):
+            # Never truncate: a third "beta" the user meant for something would vanish silently.
+            raise ConfigError(
+                f"{key}={list(value)} must have exactly {len(args)} elements, e.g. [0.9, 0.999] "
+                "for [beta1, beta2]."
+            )
+        return tuple(
+            _coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false.")

@@ -4,15 +4,15 @@ Checkpoints are taken at episode ends (the first one after every ``checkpoint_ev
 environment steps, and at the end of training). At an episode boundary the whole future of
 the run is determined by what we save: networks, optimizers with their Muon momentum buffers
 and schedule positions, temperature, the replay buffer with its sampling generator, the
-torch/numpy/python RNGs and the task's RNG (which draws the next initial state). So a resumed
-run continues exactly as if it had never stopped, and an interrupted run loses only the steps
-since its last checkpoint.
+torch/numpy/python RNGs, the task's RNG (which draws the next initial state), the rank probe's
+generator, the logging cadence and the partly filled logging interval. So a resumed run
+continues exactly as if it had never stopped (same parameters, same logged metrics), and an
+interrupted run loses only the steps since its last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,26 +27,58 @@ from flatrl.agents.sac.checkpoint import (
     RunPaths,
     config_differences,
     load_checkpoint,
-    rng_state,
+    replay_dump,
     save_checkpoint,
-    set_rng_state,
 )
 from flatrl.agents.sac.env import DMCEnv
 from flatrl.agents.sac.sac import SACAgent
 from flatrl.agents.sac.settings import Settings
+from flatrl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what it computes.
 RESUME_FREE_KEYS = ("resume", "training.total_env_steps", "training.progress_bar", "threads")
 
+# The rank probe's generator is seeded apart from the replay sampler's (which uses the seed).
+PROBE_SEED_OFFSET = 0x5EED
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is visible; use device=auto or cpu.")
-    return torch.device(name)
+
+class IntervalMeans:
+    """Per-key running sums of the update metrics since the last log, and their means.
+
+    A logged training metric is the mean over every update of the logging interval (not the
+    last update's, which is one noisy sample out of ``log_every_steps``). Keys that appear only
+    on some updates (actor metrics with ``actor_update_freq > 1``, SAM sharpness with
+    ``every_k > 1``) are averaged over the updates that produced them. Sums stay on the device
+    as float64 tensors until logged, so accumulating costs no host sync.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: Mapping[str, torch.Tensor | float]) -> None:
+        for key, value in metrics.items():
+            v = torch.as_tensor(value).detach().to(torch.float64)
+            self.sums[key] = self.sums[key] + v if key in self.sums else v
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        """The means since the last call, and start a new interval."""
+        means = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
+        self.sums, self.counts = {}, {}
+        return means
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sums": {k: v.cpu() for k, v in self.sums.items()},
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.counts = dict(state["counts"])
 
 
 def evaluate(agent: SACAgent, settings: Settings, episodes: int) -> tuple[float, float]:
@@ -78,10 +110,8 @@ class Trainer:
         self.paths = paths
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
-        torch.manual_seed(settings.seed)
-        np.random.seed(settings.seed)
-        random.seed(settings.seed)
-        self.device = pick_device(settings.device)
+        seed_everything(settings.seed)
+        self.device = resolve_device(settings.device)
         self.env = DMCEnv(settings.env.task, settings.seed, settings.env.action_repeat)
         self.agent = SACAgent(
             self.env.obs_dim, self.env.action_dim, settings.model, settings.training, self.device
@@ -89,10 +119,13 @@ class Trainer:
         self.memory = ReplayMemory(
             self.t.replay_capacity, self.t.batch_size, settings.seed, device="cpu"
         )
+        self.probe_generator = torch.Generator().manual_seed(settings.seed + PROBE_SEED_OFFSET)
+        self.means = IntervalMeans()
         self.env_steps = 0
         self.episodes = 0
         self.next_eval = self.t.eval_every_steps
         self.next_checkpoint = self.t.checkpoint_every_steps
+        self.next_log = self.t.log_every_steps
         self.resumed_from: int | None = None
         self.last_eval: tuple[float, float] | None = None
         self.last_eval_step: int | None = None
@@ -106,8 +139,11 @@ class Trainer:
                 "episodes": self.episodes,
                 "next_eval": self.next_eval,
                 "next_checkpoint": self.next_checkpoint,
+                "next_log": self.next_log,
             },
+            "interval_means": self.means.state_dict(),
             "rng": rng_state(),
+            "probe_rng": self.probe_generator.get_state(),
             "env_rng": self.env.rng_state(),
             "config": self.config,
         }
@@ -148,8 +184,9 @@ class Trainer:
                 f"it was saved: {diffs or 'none found'}. Resume with the run's original settings, "
                 "or start a new run under another method_name."
             ) from err
-        if state.get("replay_path") is not None:
-            self.memory.load(state["replay_path"])
+        dump = replay_dump(self.paths, state)
+        if dump is not None:
+            self.memory.load(dump)
         elif self.t.save_replay:
             raise ValueError(
                 f"{self.paths.checkpoint} was saved without its replay buffer "
@@ -160,7 +197,10 @@ class Trainer:
         self.episodes = int(loop["episodes"])
         self.next_eval = int(loop["next_eval"])
         self.next_checkpoint = int(loop["next_checkpoint"])
+        self.next_log = int(loop["next_log"])
+        self.means.load_state_dict(state["interval_means"], self.device)
         set_rng_state(state["rng"])
+        self.probe_generator.set_state(state["probe_rng"])
         self.env.set_rng_state(state["env_rng"])
         self.resumed_from = self.env_steps
         log.info("resumed from env step %d", self.env_steps)
@@ -170,22 +210,24 @@ class Trainer:
         for key, value in values.items():
             writer.add_scalar(key, float(value), step)
 
-    def _update(self, writer: SummaryWriter) -> dict[str, torch.Tensor]:
-        metrics: dict[str, torch.Tensor] = {}
+    def _update(self, writer: SummaryWriter) -> None:
         rank = self.t.rank_logging
         for _ in range(self.t.updates_per_step):
-            metrics = self.agent.update(self.memory.sample(self.device))
+            self.means.add(self.agent.update(self.memory.sample(self.device)))
             if rank.enabled and self.agent.num_updates % rank.every_n_updates == 0:
-                probe = self.memory.sample(self.device, batch_size=rank.max_samples)
+                # Its own generator and an eval-mode critic: the probe changes nothing it sees.
+                probe = self.memory.probe(rank.max_samples, self.probe_generator, self.device)
                 ranks = self.agent.rank_metrics(probe, rank.max_samples, rank.top_k)
                 self._log(writer, ranks, self.env_steps)
-        return metrics
 
     def run(self) -> dict[str, float]:
         """Train to ``training.total_env_steps``; returns the final evaluation."""
         self.prepare_run_dir()
         t = self.t
-        writer = SummaryWriter(str(self.paths.tensorboard), purge_step=self.resumed_from)
+        # Events at the checkpoint's own step were written before it was saved: keep them, and
+        # drop only what a crashed predecessor logged after it.
+        purge = None if self.resumed_from is None else self.resumed_from + 1
+        writer = SummaryWriter(str(self.paths.tensorboard), purge_step=purge)
         bar = tqdm(
             total=t.total_env_steps,
             initial=self.env_steps,
@@ -194,8 +236,7 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        obs, episode_return, metrics = self.env.reset(), 0.0, {}
-        next_log = self.env_steps + t.log_every_steps
+        obs, episode_return = self.env.reset(), 0.0
         clock, clock_steps = time.perf_counter(), self.env_steps
         saved_at = None
         postfix: dict[str, str] = {}
@@ -211,18 +252,19 @@ class Trainer:
                 self.env_steps += self.env.action_repeat
                 bar.update(self.env.action_repeat)
                 if self.env_steps >= t.seed_steps and len(self.memory) >= t.batch_size:
-                    metrics = self._update(writer)
+                    self._update(writer)
 
-                if self.env_steps >= next_log:
+                if self.env_steps >= self.next_log:
                     now = time.perf_counter()
                     sps = (self.env_steps - clock_steps) / max(now - clock, 1e-9)
                     clock, clock_steps = now, self.env_steps
-                    self._log(writer, metrics, self.env_steps)
+                    self._log(writer, self.means.pop(), self.env_steps)
                     self._log(writer, self.agent.hyperparameters(), self.env_steps)
                     writer.add_scalar("time/steps_per_second", sps, self.env_steps)
                     postfix["steps/s"] = f"{sps:.0f}"
                     bar.set_postfix(postfix, refresh=False)
-                    next_log += t.log_every_steps
+                    while self.next_log <= self.env_steps:
+                        self.next_log += t.log_every_steps
 
                 if done:
                     self.episodes += 1
