@@ -1,0 +1,245 @@
+"""``python -m flatrl.study {run,status,report,validate} STUDY.yaml``.
+
+Every command validates the study file first (one message naming the key and the fix, exit 2,
+nothing started) and ends with a short summary: where the runs and the report are and the
+command that shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flatrl.study.runner import (
+    DONE,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    PENDING,
+    RUNNING,
+    STATUS,
+    plan,
+    read_json,
+    run_local,
+    run_state,
+    select,
+    submit_slurm,
+    wait_slurm,
+)
+from flatrl.study.spec import Study, StudyError, load_study
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m flatrl.study",
+        description="Run, resume and report multi-seed studies (arms x seeds) of flatrl agents.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("study", type=Path, help="the study file (studies/<name>.yaml)")
+        sp.add_argument(
+            "--runs-root",
+            type=Path,
+            default=Path("runs"),
+            help="runs go to <runs-root>/<study>/<arm>/seed_<s>/ (default: runs)",
+        )
+
+    sp = sub.add_parser("run", help="launch what is not finished; resume interrupted runs")
+    common(sp)
+    sp.add_argument("--workers", type=int, default=None, help="parallel local runs (default 1)")
+    sp.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    sp.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    sp.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    sp.add_argument("--no-progress", dest="progress", action="store_false")
+    slurm = sp.add_argument_group("slurm (override the study's 'slurm:' section)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--gpus", type=int)
+    slurm.add_argument("--cpus", type=int)
+    slurm.add_argument("--mem-gb", type=int)
+    slurm.add_argument("--time-min", type=int)
+    slurm.add_argument("--array-parallelism", type=int)
+    slurm.add_argument("--account")
+    slurm.add_argument(
+        "--cluster",
+        choices=("slurm", "local", "debug"),
+        default=None,
+        help="submitit cluster (default: slurm if available); debug/local run here",
+    )
+    slurm.add_argument("--no-wait", action="store_true", help="submit and return")
+
+    sp = sub.add_parser("status", help="what finished, failed (with its log), remains")
+    common(sp)
+
+    sp = sub.add_parser("report", help="final scores, IQM/mean with CIs, P(improvement), plots")
+    common(sp)
+    sp.add_argument("--out", type=Path, default=None, help="default <runs-root>/<study>/report")
+    sp.add_argument("--last-k", type=int, default=None, help="score = mean of the last K values")
+    sp.add_argument("--reps", type=int, default=None, help="bootstrap replicates")
+
+    sp = sub.add_parser("validate", help="check the study file and print the plan")
+    common(sp)
+    return p
+
+
+def _study_cmd(command: str, args: argparse.Namespace) -> str:
+    parts = ["python", "-m", "flatrl.study", command, str(args.study)]
+    if args.runs_root != Path("runs"):
+        parts += ["--runs-root", str(args.runs_root)]
+    return shlex.join(parts)
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_run(study: Study, args: argparse.Namespace) -> int:
+    runs = plan(study, args.runs_root)
+    todo, counts = select(runs, retry_failed=args.retry_failed)
+    study_dir = args.runs_root / study.name
+    print(
+        f"study {study.name}: {len(runs)} runs ({len(study.arms)} arms x {len(study.seeds)} "
+        f"seeds); {counts[FINISHED]} finished, {counts[FAILED]} failed, {counts[RUNNING]} "
+        f"running elsewhere, {len(todo)} to launch"
+        + (f" ({counts[INTERRUPTED]} interrupted: resume)" if counts[INTERRUPTED] else "")
+    )
+    if counts[FAILED] and not args.retry_failed:
+        print(f"  {counts[FAILED]} failed runs are left alone; --retry-failed runs them again")
+    if args.dry_run:
+        for run in todo:
+            resume = run_state(run) == INTERRUPTED and run.entry_point.can_resume(run.run_dir)
+            print(f"{run.key}: {run.entry_point.launch(run, resume).shell()}")
+        return 0
+    outcomes = []
+    if todo and args.launcher == "local":
+        workers = args.workers or study.workers or 1
+        _sigterm_as_interrupt()
+        try:
+            outcomes = run_local(todo, workers=workers, progress=args.progress)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: running runs were stopped and will resume; continue with\n"
+                f"  {_study_cmd('run', args)}",
+                file=sys.stderr,
+            )
+            return 130
+    elif todo:
+        settings = dict(study.slurm)
+        for key in ("partition", "gpus", "cpus", "mem_gb", "time_min", "array_parallelism"):
+            if getattr(args, key) is not None:
+                settings[key] = getattr(args, key)
+        if args.account is not None:
+            settings["account"] = args.account
+        submitted = submit_slurm(todo, settings, study_dir / ".submitit", cluster=args.cluster)
+        ids = ", ".join(str(j.job_id) for j in submitted.jobs[:5])
+        print(f"submitted {len(submitted.jobs)} jobs ({ids}{', ...' if len(todo) > 5 else ''})")
+        if args.no_wait:
+            print(f"follow with: {_study_cmd('status', args)}")
+            return 0
+        outcomes = wait_slurm(submitted, progress=args.progress)
+    finished = sum(o.state == FINISHED for o in outcomes)
+    failed = [o for o in outcomes if o.state == FAILED]
+    print(f"\nthis call: {finished} finished, {len(failed)} failed; runs under {study_dir}/")
+    for o in failed:
+        print(f"  failed: {o.run.key} (rc {o.returncode}) log: {o.log or o.message}")
+    print(f"status: {_study_cmd('status', args)}")
+    print(f"report: {_study_cmd('report', args)}")
+    return 1 if failed else 0
+
+
+def cmd_status(study: Study, args: argparse.Namespace) -> int:
+    runs = plan(study, args.runs_root)
+    by_state: dict[str, list[str]] = {
+        s: [] for s in (FINISHED, RUNNING, INTERRUPTED, FAILED, PENDING)
+    }
+    for run in runs:
+        state = run_state(run)
+        if state == FAILED:
+            status = read_json(run.run_dir / STATUS) or {}
+            by_state[state].append(
+                f"{run.key} (rc {status.get('returncode')}; log {run.run_dir / 'run.log'})"
+            )
+        elif state == FINISHED:
+            done = read_json(run.run_dir / DONE) or {}
+            by_state[state].append(f"{run.key} ({done.get('seconds', '?')} s)")
+        else:
+            by_state[state].append(run.key)
+    print(f"study {study.name}: {len(runs)} runs under {args.runs_root / study.name}/")
+    for state, keys in by_state.items():
+        print(f"  {state:<12} {len(keys)}")
+        shown = keys if state != FINISHED else keys[:0]
+        for key in shown:
+            print(f"      {key}")
+    remaining = len(by_state[PENDING]) + len(by_state[INTERRUPTED])
+    if remaining:
+        print(f"continue: {_study_cmd('run', args)}")
+    if by_state[FAILED]:
+        print(f"retry failed: {_study_cmd('run', args)} --retry-failed")
+    print(f"report: {_study_cmd('report', args)}")
+    return 0
+
+
+def cmd_report(study: Study, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from flatrl.study.report import write_report
+
+    settings = study.report
+    if args.last_k is not None:
+        if args.last_k < 1:
+            raise StudyError("--last-k must be a positive integer.")
+        settings = replace(settings, final="mean_last_k", k=args.last_k)
+    if args.reps is not None:
+        if args.reps < 1:
+            raise StudyError("--reps must be a positive integer.")
+        settings = replace(settings, reps=args.reps)
+    study = replace(study, report=settings)
+    path = write_report(
+        study,
+        args.runs_root,
+        args.out,
+        command=_study_cmd("run", args),
+        report_command=_study_cmd("report", args),
+    )
+    print(f"report: {path}")
+    print(f"figures: {path.parent}/*.png")
+    print(f"view: less {path}   (or open it in a Markdown viewer)")
+    return 0
+
+
+def cmd_validate(study: Study, args: argparse.Namespace) -> int:
+    runs = plan(study, args.runs_root)
+    print(f"{args.study}: OK: {len(study.arms)} arms x {len(study.seeds)} seeds = {len(runs)} runs")
+    for run in runs[:: len(study.seeds)]:  # the first seed of each arm
+        print(f"  {run.arm}: {run.entry_point.launch(run, False).shell()}")
+    print(f"run: {_study_cmd('run', args)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "validate": cmd_validate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        study = load_study(args.study)
+        if getattr(args, "workers", None) is not None and args.workers < 1:
+            raise StudyError("--workers must be a positive integer.")
+        return COMMANDS[args.command](study, args)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # a missing optional dependency, named with its install line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The runner: local pool, resume after an interruption, failures recorded, submitit path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import flatrl
+import pytest
+from flatrl.study import runner
+from flatrl.study.runner import (
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    PENDING,
+    plan,
+    run_local,
+    run_state,
+    select,
+)
+from study_support import TOY, invocations, make_study
+
+
+def test_local_pool_runs_every_arm_and_seed_single_threaded(tmp_path):
+    study = make_study(
+        entry_point={
+            "type": "command",
+            "command": f"{{python}} {TOY} --seed {{seed}} --steps {{budget}} --out {{run_dir}}",
+        }
+    )
+    runs = plan(study, tmp_path)
+    outcomes = run_local(runs, workers=2, progress=False, echo=lambda s: None)
+    assert sorted(o.state for o in outcomes) == [FINISHED] * 4
+    for run in runs:
+        assert run_state(run) == FINISHED
+        done = json.loads((run.run_dir / runner.DONE).read_text())
+        assert (
+            done["returncode"] == 0
+            and done["argv"][-2:] == ["--out", str(run.run_dir)]
+            or ("--quality" in done["argv"])
+        )
+        rows = (run.run_dir / "metrics.csv").read_text().splitlines()
+        assert len(rows) == 1 + study.budget
+    # the arm's overrides reach its command line, and only its
+    assert "--quality" in invocations(runs[2].run_dir)[0]["argv"]
+    assert "--quality" not in invocations(runs[0].run_dir)[0]["argv"]
+
+
+def test_children_get_one_thread(tmp_path):
+    study = make_study(
+        entry_point={
+            "type": "command",
+            "command": "{python} -c \"import os; print(os.environ['OMP_NUM_THREADS'], end='')\"",
+        },
+        seeds=[0],
+        arms={"a": {}},
+        baseline=None,
+    )
+    (run,) = plan(study, tmp_path)
+    assert runner.execute(run).state == FINISHED
+    assert (run.run_dir / "run.log").read_text().splitlines()[-1] == "1"
+
+
+def test_failed_run_is_recorded_and_the_others_finish(tmp_path):
+    study = make_study(arms={"base": {}, "broken": {"overrides": {"--fail": True}}})
+    runs = plan(study, tmp_path)
+    outcomes = {o.run.key: o for o in run_local(runs, workers=2, progress=False, echo=print)}
+    assert outcomes["base/seed_0"].state == outcomes["base/seed_1"].state == FINISHED
+    broken = runs[2]
+    assert outcomes[broken.key].state == FAILED and outcomes[broken.key].returncode == 3
+    status = json.loads((broken.run_dir / runner.STATUS).read_text())
+    assert status["state"] == FAILED and status["returncode"] == 3
+    assert any("diverged" in line for line in status["log_tail"])
+    assert status["log"] == str(broken.run_dir / "run.log")
+    assert not (broken.run_dir / runner.DONE).exists()
+    # a second `run` leaves failed runs alone unless asked to retry them
+    todo, counts = select(runs)
+    assert todo == [] and counts[FAILED] == 2 and counts[FINISHED] == 2
+    todo, _ = select(runs, retry_failed=True)
+    assert [r.arm for r in todo] == ["broken", "broken"]
+
+
+def test_dead_running_record_is_interrupted_and_resumes_with_the_flag(tmp_path):
+    study = make_study(seeds=[0], arms={"base": {}}, baseline=None)
+    (run,) = plan(study, tmp_path)
+    # an attempt that stopped at step 2: its process is gone (pid of an exited child)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    runner.execute(run, resume=False)  # writes a full run; now fake the interrupted state
+    (run.run_dir / runner.DONE).unlink()
+    (run.run_dir / "checkpoint.json").write_text(json.dumps({"step": 2}))
+    lines = (run.run_dir / "metrics.csv").read_text().splitlines()[:3]
+    (run.run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    status = json.loads((run.run_dir / runner.STATUS).read_text())
+    status.update(state="running", pid=dead.pid)
+    (run.run_dir / runner.STATUS).write_text(json.dumps(status))
+    assert run_state(run) == INTERRUPTED
+    (outcome,) = run_local([run], progress=False, echo=lambda s: None)
+    assert outcome.state == FINISHED and outcome.resumed
+    assert invocations(run.run_dir)[-1]["resume"] is True
+    steps = [int(r.split(",")[0]) for r in (run.run_dir / "metrics.csv").read_text().split()[1:]]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def _cli_env() -> dict[str, str]:
+    overlay = str(Path(flatrl.__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": overlay + (os.pathsep + path if path else "")}
+
+
+def test_interrupted_study_resumes_and_skips_finished_runs(tmp_path):
+    """SIGTERM to `run` stops the children; the next `run` skips finished runs and re-launches
+    the interrupted one with --resume, which continues from its checkpoint."""
+    yaml = pytest.importorskip("yaml", reason="study files are YAML (pyyaml)")
+    raw = {
+        "name": "toy",
+        "entry_point": {
+            "type": "command",
+            "command": f"{{python}} {TOY} --seed {{seed}} --steps {{budget}} --out {{run_dir}}",
+            "resume_flag": "--resume",
+        },
+        "seeds": [0],
+        "budget": 6,
+        "metric": "return",
+        "arms": {"quick": {}, "slow": {"overrides": {"--hang-at": 3}}},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    root = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "flatrl.study", "run", str(path), "--runs-root", str(root)]
+    cmd += ["--workers", "2", "--no-progress"]
+    slow, quick = root / "toy/slow/seed_0", root / "toy/quick/seed_0"
+    proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((quick / runner.DONE).exists() and "waiting" in _read(slow / "run.log")):
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "toy runs did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "will resume" in out
+    status = json.loads((slow / runner.STATUS).read_text())
+    assert status["state"] == INTERRUPTED
+    child = status["pid"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # the runner stopped its child
+    assert json.loads((slow / "checkpoint.json").read_text())["step"] == 3
+
+    again = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 finished" in again.stdout and "1 interrupted: resume" in again.stdout
+    assert [i["resume"] for i in invocations(quick)] == [False]  # skipped: ran once
+    assert [i["resume"] for i in invocations(slow)] == [False, True]
+    steps = [int(r.split(",")[0]) for r in (slow / "metrics.csv").read_text().split()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    status_out = subprocess.run(
+        [sys.executable, "-m", "flatrl.study", "status", str(path), "--runs-root", str(root)],
+        env=_cli_env(),
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "finished     2" in status_out and "report:" in status_out
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_submitit_debug_executor_runs_jobs_and_records_failures(tmp_path):
+    pytest.importorskip("submitit", reason="--launcher slurm goes through submitit")
+    study = make_study(
+        arms={"base": {}, "broken": {"overrides": {"--fail": True}}},
+        baseline=None,
+    )
+    runs = plan(study, tmp_path)
+    settings = {"partition": "gpu", "gpus": 1, "time_min": 30, "array_parallelism": 2}
+    params = runner.slurm_parameters(settings, "study-toy")
+    assert params == {
+        "name": "study-toy",
+        "gpus_per_node": 1,
+        "timeout_min": 30,
+        "slurm_partition": "gpu",
+        "slurm_array_parallelism": 2,
+    }
+    submitted = runner.submit_slurm(runs, settings, tmp_path / ".submitit", cluster="debug")
+    outcomes = runner.wait_slurm(submitted, progress=False, echo=lambda s: None)
+    assert [o.state for o in outcomes] == [FINISHED, FINISHED, FAILED, FAILED]
+    assert [run_state(r) for r in runs] == [FINISHED, FINISHED, FAILED, FAILED]
+    # a second submission has nothing left to do
+    assert select(runs)[0] == []
+    assert run_state(plan(make_study(seeds=[9]), tmp_path)[0]) == PENDING
