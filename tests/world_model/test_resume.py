@@ -113,6 +113,11 @@ def test_checkpoint_of_another_controller_is_refused(tiny_cartpole, tmp_path):
         train(parse_config([*improved, "--load-path", path]))
     with pytest.raises(ValueError, match="optimizer 'adam'.*--optimizer"):
         train(parse_config([*argv, "--optimizer", "sam", "--resume", path]))
+    old = checkpoint.load(path, torch.device("cpu"))
+    del old["collector"]  # as written before the collector state was saved
+    checkpoint.save(path, old)
+    with pytest.raises(ValueError, match="pass it as --load-path"):
+        train(parse_config([*argv, "--resume", path]))
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -87,6 +87,12 @@ def check_compatible(saved: dict[str, Any], cfg: ModelConfig, env_name: str, pat
 
 def check_resumable(saved: dict[str, Any], optimizer_name: str, algorithm: str, path: str) -> None:
     """--resume continues the same run: the optimizer and algorithm must be the saved ones."""
+    if saved.get("kind") != "run" or "collector" not in saved:
+        raise ValueError(
+            f"--resume {path}: not a run checkpoint of this version of the agent (pre-training "
+            "files and older runs hold no collector state); pass it as --load-path to reuse "
+            "its weights in a new run."
+        )
     for what, was, now, flag in (
         ("optimizer", saved.get("optimizer_name"), optimizer_name, "--optimizer"),
         ("algorithm", saved.get("algorithm"), algorithm, "--use-a2c"),

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="imagined steps per planned action; 0 turns planning off",
     )
     seed_flags.add_argument("--n-steps", type=int, default=d.n_steps)
-    hp = p.add_argument_group("A2C hyperparameters")
+    hp = p.add_argument_group("update hyperparameters")
     hp.add_argument("--gamma", type=float, default=d.gamma)
     hp.add_argument(
         "--gae-lambda",
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int, default=d.seed)
-    run.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    run.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     run.add_argument(
         "--resume",
         nargs="?",
