@@ -60,14 +60,20 @@ def make_dataset(discrete: bool, n: int = 120, episode: int = 20, seed: int = 0)
     return d3rlpy.dataset.MDPDataset(obs, actions, rewards, terminals, **kwargs)
 
 
-def _small_config(config: Any) -> Any:
-    """Shrink the networks and the batch so that a few updates take milliseconds."""
+def _small_config(
+    config: Any, encoder: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+) -> Any:
+    """Shrink the networks and the batch so that a few updates take milliseconds.
+
+    ``encoder`` adds VectorEncoderFactory options (dropout, batch norm) to every encoder;
+    ``overrides`` sets config fields the config has (e.g. ``n_critics``), ignoring the others.
+    """
     from d3rlpy.models import VectorEncoderFactory
 
     changes: dict[str, Any] = {"batch_size": BATCH}
     for field in dataclasses.fields(config):
         if field.name.endswith("encoder_factory"):
-            changes[field.name] = VectorEncoderFactory(hidden_units=[16, 16])
+            changes[field.name] = VectorEncoderFactory(hidden_units=[16, 16], **(encoder or {}))
     for name, value in (
         ("warmup_steps", 1),
         ("context_size", CONTEXT),
@@ -78,6 +84,9 @@ def _small_config(config: Any) -> Any:
         ("n_mmd_action_samples", 3),
         ("n_critics", 2),
     ):
+        if hasattr(config, name):
+            changes[name] = value
+    for name, value in (overrides or {}).items():
         if hasattr(config, name):
             changes[name] = value
     return dataclasses.replace(config, **changes)
@@ -145,12 +154,24 @@ def algorithms() -> dict[str, tuple[Callable[[], Any] | None, str]]:
     return {k: v for k, v in table.items() if v[0] is not None} | fqe
 
 
-def build(name: str, sam: dict[str, Any] | None = None, seed: int = 0) -> tuple[Any, Any]:
-    """Build algorithm ``name`` (Adam, or SAM with ``sam`` kwargs) on its tiny dataset."""
+def build(
+    name: str,
+    sam: dict[str, Any] | None = None,
+    seed: int = 0,
+    encoder: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    dataset: Any = None,
+) -> tuple[Any, Any]:
+    """Build algorithm ``name`` (Adam, or SAM with ``sam`` kwargs) on its tiny dataset.
+
+    ``encoder`` / ``overrides``: see :func:`_small_config`; ``dataset`` reuses a dataset made by
+    :func:`make_dataset` for the algorithm's kind.
+    """
     import d3rlpy
 
     make_config, kind = algorithms()[name]
-    dataset = make_dataset(discrete=kind.endswith("discrete"))
+    if dataset is None:
+        dataset = make_dataset(discrete=kind.endswith("discrete"))
     d3rlpy.seed(seed)
     if kind.startswith("fqe"):
         discrete = kind.endswith("discrete")
@@ -158,12 +179,12 @@ def build(name: str, sam: dict[str, Any] | None = None, seed: int = 0) -> tuple[
         policy = _small_config(policy_config).create(device="cpu:0")
         policy.build_with_dataset(dataset)
         fqe_cls = d3rlpy.ope.DiscreteFQE if kind.endswith("discrete") else d3rlpy.ope.FQE
-        config = _small_config(d3rlpy.ope.FQEConfig())
+        config = _small_config(d3rlpy.ope.FQEConfig(), encoder, overrides)
         if sam is not None:
             config = with_sam(config, **sam)
         algo = fqe_cls(algo=policy, config=config, device="cpu:0")
     else:
-        config = _small_config(make_config())
+        config = _small_config(make_config(), encoder, overrides)
         if sam is not None:
             config = with_sam(config, **sam)
         algo = config.create(device="cpu:0")
@@ -230,4 +251,18 @@ def params_of(algo: Any) -> list[torch.Tensor]:
         for f in dataclasses.fields(modules)
         if isinstance(getattr(modules, f.name), torch.nn.Module)
         for p in getattr(modules, f.name).parameters()
+    ]
+
+
+def batchnorm_buffers(algo: Any) -> list[torch.Tensor]:
+    """Copies of every BatchNorm running statistic and counter of the implementation."""
+    modules = algo.impl.modules
+    return [
+        buf.detach().clone()
+        for f in dataclasses.fields(modules)
+        if isinstance(getattr(modules, f.name), torch.nn.Module)
+        for m in getattr(modules, f.name).modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buf is not None
     ]

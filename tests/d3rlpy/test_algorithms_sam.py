@@ -16,14 +16,15 @@ from d3rlpy_support import (
 require_patched_d3rlpy()
 
 ACTOR_CRITIC = {"actor_sharpness", "critic_sharpness"}
+TEMP = {"temp_sharpness"}
+ALPHA = {"alpha_sharpness"}
 SINGLE = {"loss_sharpness"}
-# The sharpness keys each algorithm's update reports under SAM: one per SAM-stepped optimizer
-# whose loss the update reports (SAC's temperature and CQL's alpha are nested, see
-# test_nested_steps.py).
+# The sharpness keys each algorithm's update reports under SAM: one per SAM-stepped optimizer,
+# the nested ones (SAC's temperature, CQL's and BEAR's alpha) included.
 EXPECTED_SHARPNESS = {
-    "SAC": ACTOR_CRITIC,
-    "CQL": ACTOR_CRITIC,
-    "CalQL": ACTOR_CRITIC,
+    "SAC": ACTOR_CRITIC | TEMP,
+    "CQL": ACTOR_CRITIC | TEMP | ALPHA,
+    "CalQL": ACTOR_CRITIC | TEMP | ALPHA,
     "IQL": ACTOR_CRITIC,
     "DDPG": ACTOR_CRITIC,
     "TD3": ACTOR_CRITIC,
@@ -31,7 +32,7 @@ EXPECTED_SHARPNESS = {
     "AWAC": ACTOR_CRITIC,
     "CRR": ACTOR_CRITIC,
     "BCQ": ACTOR_CRITIC | {"vae_sharpness"},
-    "BEAR": ACTOR_CRITIC | {"imitator_sharpness"},
+    "BEAR": ACTOR_CRITIC | TEMP | ALPHA | {"imitator_sharpness"},
     "PLAS": ACTOR_CRITIC,
     "PLASWithPerturbation": ACTOR_CRITIC,
     "ReBRAC": ACTOR_CRITIC,
@@ -42,7 +43,7 @@ EXPECTED_SHARPNESS = {
     "NFQ": SINGLE,
     "DiscreteCQL": SINGLE,
     "DiscreteBCQ": SINGLE,
-    "DiscreteSAC": ACTOR_CRITIC,
+    "DiscreteSAC": ACTOR_CRITIC | TEMP,
     "DiscreteBC": SINGLE,
     "DecisionTransformer": SINGLE,
     "DiscreteDecisionTransformer": SINGLE,

@@ -11,7 +11,6 @@ factories exist (it needs ``OptimizerFactory`` and ``make_optimizer_field`` from
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 
 from d3rlpy.optimizers.optimizers import (
@@ -22,9 +21,13 @@ from d3rlpy.optimizers.optimizers import (
 from torch import nn
 from torch.optim import Optimizer
 
-from flatrl.optim import SAM, build_optimizer
+from flatrl.optim import SAM, SAMConfig, build_optimizer
 
 __all__ = ["SAMFactory", "MuonFactory"]
+
+_SAM_FACTORY_NAMES = {
+    field: f"SAMFactory {field}" for field in ("rho", "adaptive", "every_k", "clip_grad_norm")
+}
 
 
 def _unique_params(named_modules: Iterable[tuple[str, nn.Module]]) -> list[nn.Parameter]:
@@ -56,7 +59,8 @@ class SAMFactory(OptimizerFactory):
         base: the factory of the base optimizer (Adam by default). Its ``clip_grad_norm`` and
             ``lr_scheduler_factory`` are used when the SAMFactory's own are unset, so an
             algorithm's default factory can be wrapped as is; setting one on both is an error.
-        rho: radius of the perturbation, > 0.
+        rho: radius of the perturbation, >= 0; 0 is a zero-radius SAM step (two passes,
+            sharpness 0, the base optimizer's update: the control arm of a rho sweep).
         adaptive: ASAM (perturbation scaled element-wise by |w|).
         every_k: a SAM step every k-th update, plain base steps in between.
     """
@@ -91,12 +95,16 @@ class SAMFactory(OptimizerFactory):
 
     def create_optimizer(self, named_modules: Iterable[tuple[str, nn.Module]], lr: float) -> SAM:
         base = self.base.create_optimizer(list(named_modules), lr)
-        return SAM(
-            base,
+        return SAM.from_config(base, self.sam_config())
+
+    def sam_config(self) -> SAMConfig:
+        """The validated SAM settings (errors name the SAMFactory field)."""
+        return SAMConfig(
             rho=self.rho,
             adaptive=self.adaptive,
             every_k=self.every_k,
             clip_grad_norm=self._clip_grad_norm(),
+            names=_SAM_FACTORY_NAMES,
         )
 
     def _clip_grad_norm(self) -> float | None:
@@ -122,23 +130,7 @@ def _check_sam_arguments(factory: SAMFactory) -> None:
                 f"SAMFactory: {field} is set on both the SAMFactory and its base; set it on "
                 f"one of them only, e.g. SAMFactory(base=AdamFactory(), {field}=...)."
             )
-    rho = factory.rho
-    if isinstance(rho, bool) or not isinstance(rho, int | float):
-        raise TypeError(f"SAMFactory rho must be a number, got {rho!r}; e.g. rho=0.05.")
-    if not (math.isfinite(rho) and rho > 0):
-        raise ValueError(
-            f"SAMFactory rho must be a finite number > 0, got {rho}; e.g. rho=0.05 (to train "
-            "without SAM use the base factory directly)."
-        )
-    if isinstance(factory.every_k, bool) or not isinstance(factory.every_k, int):
-        raise TypeError(f"SAMFactory every_k must be an int >= 1, got {factory.every_k!r}.")
-    if factory.every_k < 1:
-        raise ValueError(
-            f"SAMFactory every_k must be >= 1, got {factory.every_k}; every_k=1 runs SAM on "
-            "every update, every_k=k on every k-th update."
-        )
-    if not isinstance(factory.adaptive, bool):
-        raise TypeError(f"SAMFactory adaptive must be True or False, got {factory.adaptive!r}.")
+    factory.sam_config()
 
 
 @dataclasses.dataclass()
@@ -156,8 +148,8 @@ class MuonFactory(OptimizerFactory):
     ensemble ``ModuleList`` separately) keeps its first ``nn.Linear`` and its output heads (its
     last ``nn.Linear`` and the ``nn.Linear`` layers that are its direct children, e.g. a Q
     function's ``_fc`` or a policy's ``_mu``) on the fallback, unless ``apply_first_layer`` /
-    ``apply_last_layer`` is set. Biases, norms, embeddings and non-2-D parameters always use
-    the fallback.
+    ``apply_last_layer`` is set. Biases, norms, embeddings, non-2-D parameters and matrices with
+    a side of 1 (e.g. the 1x1 ``log_temp``/``log_alpha``) always use the fallback.
 
     Args:
         clip_grad_norm: maximum gradient norm.
