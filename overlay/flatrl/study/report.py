@@ -92,7 +92,7 @@ def _require_rliable():
 def aggregate(
     scores: dict[str, np.ndarray],
     baseline: str | None,
-    reps: int = 10_000,
+    reps: int = 2000,
     seed: int = 0,
 ) -> dict[str, dict[str, object]]:
     """IQM and mean with 95% stratified-bootstrap CIs per arm; P(arm > baseline) with its CI.

@@ -386,10 +386,9 @@ def wait_slurm(
                 state = run_state(run)
                 message = f"job {job.job_id}: {type(err).__name__}: {str(err)[-300:]}"
                 if state != FINISHED:
-                    atomic_write_json(
-                        {"state": FAILED, "returncode": None, "log_tail": [message]},
-                        run.run_dir / STATUS,
-                    )
+                    previous = read_json(run.run_dir / STATUS) or {}
+                    record = {"returncode": None, "log_tail": [message], "job": job.job_id}
+                    atomic_write_json({**previous, **record, "state": FAILED}, run.run_dir / STATUS)
                 outcome = Outcome(run, state if state == FINISHED else FAILED, message=message)
             outcomes.append(outcome)
             say(_line(outcome))
