@@ -84,12 +84,13 @@ demo: apply
 	$(D3) bench/d3rlpy_demo.py
 
 # d3rlpy's own test suite against the patched tree (its tests are not in the sdist: take them
-# from a checkout of takuseno/d3rlpy at v2.8.1). Known: 4 failures in test_iterators.py, old gym's
-# np.bool8 under numpy 2.
+# from a checkout of takuseno/d3rlpy at v2.8.1). The plugin tests/d3rlpy/d3rlpy_upstream_compat.py
+# gives old gym its np.bool8 under numpy 2 (test_iterators.py steps gym environments).
 d3rlpy-upstream-tests: apply
 	@test -n "$(TESTS)" || { echo "usage: make d3rlpy-upstream-tests TESTS=/path/to/d3rlpy/tests"; exit 2; }
-	cd $(dir $(abspath $(TESTS))) && $(abspath $(D3)) -m pytest tests/algos tests/optimizers \
-		tests/ope -q -p no:cacheprovider -rf
+	cd $(dir $(abspath $(TESTS))) && PYTHONPATH=$(CURDIR)/tests/d3rlpy $(abspath $(D3)) -m pytest \
+		-p d3rlpy_upstream_compat tests/algos tests/optimizers tests/ope tests/test_torch_utility.py \
+		-q -p no:cacheprovider -rf
 
 # A CPU smoke run of the patched TD-MPC2 with SAM (about a minute of CPU).
 tdmpc2-smoke: apply

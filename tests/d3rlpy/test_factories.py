@@ -27,7 +27,7 @@ from d3rlpy.optimizers import (  # noqa: E402
     MuonFactory,
     SAMFactory,
 )
-from flatrl.optim import SAM, CompositeOptimizer  # noqa: E402
+from flatrl.optim import SAM, CompositeOptimizer, SAMConfigError  # noqa: E402
 
 
 def _sac_config(**factories: Any) -> Any:
@@ -146,13 +146,13 @@ def test_sam_with_compile_graph_fails_at_create_time() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"rho": 0.0}, ValueError, "rho must be a finite number > 0"),
-        ({"rho": -0.1}, ValueError, "rho must be a finite number > 0"),
-        ({"rho": float("nan")}, ValueError, "rho must be a finite number > 0"),
-        ({"rho": "0.05"}, TypeError, "rho must be a number"),
-        ({"every_k": 0}, ValueError, "every_k must be >= 1"),
-        ({"every_k": 1.5}, TypeError, "every_k must be an int"),
-        ({"adaptive": "yes"}, TypeError, "adaptive must be True or False"),
+        ({"rho": -0.1}, SAMConfigError, "SAMFactory rho must be >= 0"),
+        ({"rho": float("nan")}, SAMConfigError, "SAMFactory rho must be a finite number >= 0"),
+        ({"rho": "0.05"}, SAMConfigError, "SAMFactory rho must be a finite number >= 0"),
+        ({"every_k": 0}, SAMConfigError, "SAMFactory every_k must be an integer >= 1"),
+        ({"every_k": 1.5}, SAMConfigError, "SAMFactory every_k must be an integer >= 1"),
+        ({"adaptive": "yes"}, SAMConfigError, "SAMFactory adaptive must be true or false"),
+        ({"clip_grad_norm": -1.0}, SAMConfigError, "SAMFactory clip_grad_norm must be None"),
         ({"base": torch.optim.Adam}, TypeError, "must be a d3rlpy optimizer factory"),
         ({"base": SAMFactory()}, TypeError, "cannot wrap another SAMFactory"),
         (
@@ -191,3 +191,32 @@ def test_sam_wraps_the_algorithm_default_factory_with_its_clipping() -> None:
     algo = dataclasses.replace(_sac_config(), critic_optim_factory=factory).create(device="cpu:0")
     algo.build_with_dataset(make_dataset(discrete=False))
     assert optimizers_of(algo)["critic_optim"].optim.clip_grad_norm == 0.25
+
+
+def test_rho_zero_is_a_zero_radius_sam_step() -> None:
+    # rho = 0 means the same everywhere (flatrl.optim.SAMConfig): two passes, sharpness 0.
+    algo, dataset = build("BC", sam={"rho": 0.0})
+    assert algo.impl.modules.optim.optim.rho == 0.0
+    metrics = [algo.update(sample_batch("BC", dataset)) for _ in range(2)]
+    assert [m["loss_sharpness"] for m in metrics] == [0.0, 0.0]
+
+
+def test_muon_factory_keeps_scalar_temperature_and_alpha_on_the_fallback() -> None:
+    # log_temp / log_alpha are 1x1 matrices: Newton-Schulz would make their step a fixed-size
+    # sign step whatever the gradient, so they belong to Adam.
+    muon = MuonFactory()
+    config = d3rlpy.algos.CQLConfig(
+        batch_size=8,
+        actor_encoder_factory=d3rlpy.models.VectorEncoderFactory(hidden_units=[16, 16]),
+        critic_encoder_factory=d3rlpy.models.VectorEncoderFactory(hidden_units=[16, 16]),
+        temp_optim_factory=muon,
+        alpha_optim_factory=SAMFactory(base=muon),
+    )
+    algo = config.create(device="cpu:0")
+    with pytest.warns(UserWarning, match="no hidden 2-D weight"):
+        algo.build_with_dataset(make_dataset(discrete=False))
+    for field in ("temp_optim", "alpha_optim"):
+        optim = getattr(algo.impl.modules, field).optim
+        groups = (optim.base_optimizer if isinstance(optim, SAM) else optim).param_groups
+        kinds = {g["optimizer_kind"] for g in groups for _ in g["params"]}
+        assert kinds == {"adam"}, field

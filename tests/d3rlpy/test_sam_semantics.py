@@ -179,3 +179,28 @@ def test_closure_leaves_other_networks_gradients_as_the_first_pass_left_them() -
         assert all(p.requires_grad for p in algo.impl.modules.policy.parameters())
     for a, s in zip(grads["adam"], grads["sam"], strict=True):
         torch.testing.assert_close(s, a, rtol=1e-5, atol=1e-7)
+
+
+def test_parameters_frozen_by_the_user_stay_frozen_and_unchanged() -> None:
+    """Freezing after the first SAM update (fine-tuning a part) survives the closures.
+
+    The closures freeze other optimizers' parameters for their second pass and must give each
+    back the flag it had, not True (the old closures unfroze both parameters below).
+    """
+    algo, dataset = build("SAC", sam={"rho": 0.05})
+    algo.update(sample_batch("SAC", dataset))
+    modules = algo.impl.modules
+    frozen = [
+        next(modules.q_funcs.parameters()),  # another optimizer's, seen by the actor closure
+        next(modules.policy.parameters()),  # the actor's own
+    ]
+    for p in frozen:
+        p.requires_grad_(False)
+    values = [p.detach().clone() for p in frozen]
+    for _ in range(2):
+        algo.update(sample_batch("SAC", dataset))
+    assert [p.requires_grad for p in frozen] == [False, False]
+    for p, before in zip(frozen, values, strict=True):
+        torch.testing.assert_close(p.detach(), before)
+    others = [p for p in modules.q_funcs.parameters() if all(p is not f for f in frozen)]
+    assert all(p.requires_grad for p in others)
