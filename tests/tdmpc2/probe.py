@@ -9,13 +9,17 @@ environment and replay buffer: the tests are about the update, not about data co
 
 Modes:
     trace       ``updates`` updates; losses per update, final parameters saved to ``out``
+                (``"fallback_random": true``: compiled code draws eager's random numbers;
+                ``"float64": true``: the agent and batches in double precision)
     perturbed   one SAM update; which parameters differ between the two loss passes
     latents     one SAM update; whether update_pi got the latents of the unperturbed pass
     checkpoint  train, checkpoint, load into a fresh agent: same optimizer state and next update
+    buffer      a wrapped replay buffer saved and restored at the same and at other capacities
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -64,9 +68,11 @@ def batches(cfg: Any, n: int, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
     h, b = cfg.horizon, cfg.batch_size
     out = []
     for _ in range(n):
-        obs = torch.from_numpy(rs.randn(h + 1, b, OBS_DIM).astype(np.float32))
+        dtype = torch.get_default_dtype()
+        obs = torch.from_numpy(rs.randn(h + 1, b, OBS_DIM).astype(np.float32)).to(dtype)
         action = torch.from_numpy(rs.uniform(-1, 1, (h, b, ACTION_DIM)).astype(np.float32))
-        reward = torch.from_numpy(rs.randn(h, b, 1).astype(np.float32))
+        action = action.to(dtype)
+        reward = torch.from_numpy(rs.randn(h, b, 1).astype(np.float32)).to(dtype)
         terminated = torch.zeros(h, b, 1)
         out.append((obs, action, reward, terminated))
     return out
@@ -75,6 +81,7 @@ def batches(cfg: Any, n: int, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
 def trace(agent: Any, updates: int, out: str) -> dict[str, Any]:
     losses = []
     for batch in batches(agent.cfg, updates):
+        torch.compiler.cudagraph_mark_step_begin()
         info = agent._update(*batch)
         losses.append({k: float(v) for k, v in info.items()})
     torch.save({k: v.detach().clone() for k, v in agent.model.state_dict().items()}, out)
@@ -169,7 +176,8 @@ def checkpoint(tree: str, overrides: dict[str, Any], path: str) -> dict[str, Any
     save_checkpoint(path, agent, _NoBuffer(), step=1234, episode=7)
     fresh = make_agent(tree, dict(overrides, seed=2))
     differs_before = not _tensors_equal(agent.optim.state_dict(), fresh.optim.state_dict())
-    counters = load_checkpoint(path, fresh, _NoBuffer())
+    loaded = load_checkpoint(path, fresh, _NoBuffer())
+    counters = {k: loaded[k] for k in ("step", "episode")}
     same = {
         name: _tensors_equal(getattr(agent, name).state_dict(), getattr(fresh, name).state_dict())
         for name in ("model", "optim", "pi_optim", "scale")
@@ -186,11 +194,67 @@ def checkpoint(tree: str, overrides: dict[str, Any], path: str) -> dict[str, Any
     }
 
 
+def buffer_roundtrip(tree: str) -> dict[str, Any]:
+    """Wrap a small replay buffer, save it, restore it at the same and at other capacities."""
+    os.chdir(tree)
+    if tree not in sys.path:
+        sys.path.insert(0, tree)
+    from common.buffer import Buffer
+    from omegaconf import OmegaConf
+    from tensordict import TensorDict
+
+    def make(capacity: int) -> Any:
+        cfg = dict(device="cpu", buffer_size=capacity, steps=10**6, batch_size=2, horizon=1)
+        return Buffer(OmegaConf.create(dict(cfg, multitask=False)))
+
+    def episode(i: int, n: int = 4) -> Any:
+        return TensorDict(
+            obs=torch.full((n, 1), float(i)),
+            action=torch.zeros(n, 1),
+            reward=torch.arange(n, dtype=torch.float32) + 10 * i,  # a timestamp per entry
+            terminated=torch.zeros(n),
+            batch_size=(n,),
+        )
+
+    def contents(buffer: Any) -> list[float]:
+        return buffer._buffer.storage[: len(buffer._buffer)]["reward"].tolist()
+
+    saved = make(10)
+    for i in range(4):  # 16 entries into 10: wrapped
+        saved.add(episode(i))
+    state = saved.state_dict()
+    same, larger, smaller = make(10), make(20), make(8)
+    for buffer in (same, larger, smaller):
+        buffer.load_state_dict(state)
+    cursor = int(saved._buffer.writer.state_dict()["_cursor"])
+    result = {
+        "saved": contents(saved),
+        "cursor": cursor,
+        "same": contents(same),
+        "same_cursor": int(same._buffer.writer.state_dict()["_cursor"]),
+        "num_eps": [b.num_eps for b in (same, larger, smaller)],
+        "larger": contents(larger),
+        "smaller": contents(smaller),
+    }
+    for buffer in (same, smaller):
+        buffer.add(episode(4))
+    result["same_after_add"] = contents(same)
+    result["smaller_after_add"] = contents(smaller)
+    return result
+
+
 def run_job(tree: str, job: dict[str, Any]) -> dict[str, Any]:
     mode, overrides = job["mode"], dict(job.get("overrides", {}))
     if mode == "checkpoint":
         return checkpoint(tree, overrides, job["out"])
+    if mode == "buffer":
+        return buffer_roundtrip(tree)
+    if job.get("fallback_random"):
+        importlib.import_module("torch._inductor.config").fallback_random = True
+    torch.set_default_dtype(torch.float64 if job.get("float64") else torch.float32)
     agent = make_agent(tree, overrides)
+    if job.get("float64"):
+        agent.scale.double()  # RunningScale's buffers are float32 by construction
     if mode == "trace":
         return trace(agent, int(job.get("updates", 3)), job.get("out", os.devnull))
     if mode == "perturbed":

@@ -7,7 +7,7 @@ import types
 import pytest
 from tdmpc2_support import QUICK, run_train
 
-pytest.importorskip("torch", reason="flatrl.tdmpc2 needs torch")
+torch = pytest.importorskip("torch", reason="flatrl.tdmpc2 needs torch")
 optimizers = pytest.importorskip("flatrl.tdmpc2.optimizers", reason="flatrl is not installed")
 config = pytest.importorskip("flatrl.tdmpc2.config", reason="flatrl is not installed")
 runtime = pytest.importorskip("flatrl.tdmpc2.runtime", reason="flatrl is not installed")
@@ -29,8 +29,9 @@ def test_optimizer_names_are_case_insensitive(name):
     ("kw", "words"),
     [
         ({"optimizer": "Foo"}, ["optimizer=Foo", "Adam, SAM, Muon"]),
-        ({"sam_rho": -1}, ["sam_rho", "> 0"]),
-        ({"sam_rho": 0}, ["sam_rho", "> 0"]),
+        ({"sam_rho": -1}, ["sam_rho", ">= 0"]),
+        ({"sam_rho": "big"}, ["sam_rho", "finite number"]),
+        ({"sam_adaptive": "yes"}, ["sam_adaptive", "true or false"]),
         ({"sam_every": 0}, ["sam_every", ">= 1"]),
         ({"sam_scope": "heads"}, ["sam_scope=heads", "encoder_dynamics"]),
     ],
@@ -40,6 +41,38 @@ def test_bad_optimizer_settings_name_the_problem(kw, words):
         config.validate_cfg(_cfg(**{"optimizer": "SAM", **kw}))
     for word in words:
         assert word in str(err.value)
+
+
+def test_sam_settings_are_validated_by_the_core_sam_config():
+    from flatrl.optim import SAMConfigError
+
+    with pytest.raises(SAMConfigError, match="sam_every"):
+        optimizers.optimizer_settings(_cfg(sam_every=0))
+    # rho = 0 is a zero-radius SAM step (the rho -> 0 law), not an error.
+    settings = optimizers.optimizer_settings(_cfg(optimizer="SAM", sam_rho=0))
+    assert settings.rho == 0.0
+    assert settings.sam_config(clip_grad_norm=20).clip_grad_norm == 20.0
+
+
+def test_default_sam_scope_is_encoder_dynamics(tree):
+    cfg = _cfg(optimizer="SAM")
+    del cfg.sam_scope
+    assert optimizers.optimizer_settings(cfg).scope == "encoder_dynamics"
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(tree / "config.yaml").sam_scope == "encoder_dynamics"
+
+
+@pytest.mark.parametrize("freq", [-1, 1.5, "often"])
+def test_bad_checkpoint_freq_names_the_key(freq):
+    with pytest.raises(ValueError, match="checkpoint_freq must be an integer >= 0"):
+        config.validate_cfg(_cfg(checkpoint_freq=freq))
+
+
+def test_default_writes_no_checkpoint(tree):
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(tree / "config.yaml").checkpoint_freq == 0
 
 
 def test_multitask_without_dataset_names_data_dir(tmp_path):
@@ -67,6 +100,20 @@ def test_cpu_turns_compile_off_and_unset_wandb_off():
     assert (cfg.device, cfg.compile, cfg.enable_wandb) == ("cpu", False, False)
     with pytest.raises(ValueError, match="device"):
         runtime.resolve_device("tpu")
+
+
+def test_compile_cpu_keeps_compile_on_cpu_and_modes():
+    cfg = types.SimpleNamespace(device="cpu", compile=True, compile_cpu=True, enable_wandb=False)
+    runtime.configure_runtime(cfg)
+    assert cfg.compile is True
+    assert runtime.compile_mode(torch.device("cpu")) is None
+    assert runtime.compile_mode(torch.device("cuda:0")) == "reduce-overhead"  # upstream's
+
+
+def test_runtime_delegates_to_the_core():
+    import flatrl.runtime
+
+    assert runtime.resolve_device is flatrl.runtime.resolve_device
 
 
 @pytest.mark.parametrize(

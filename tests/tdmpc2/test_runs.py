@@ -1,4 +1,9 @@
-"""Short CPU runs of the patched train.py: SAM and Muon complete, log sharpness, and resume."""
+"""Short CPU runs of the patched train.py: SAM and Muon complete, log sharpness, and resume exactly.
+
+The resume law: a run of 2N steps and a run of N steps plus a resume for N more produce the same
+train.csv and eval.csv rows (timing columns aside) and the same final agent. N = one episode
+(500 steps); the replay buffer is smaller than an episode, so it has wrapped by the checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tdmpc2_support import QUICK, run_train
+from tdmpc2_support import QUICK, run_probe, run_train
 
 pytestmark = [pytest.mark.tdmpc2, pytest.mark.slow]
-SEED_UPDATES = 8  # QUICK's seed_updates
-MORE_STEPS = 20
+EPISODE = 500  # cartpole-swingup steps per episode
+TIMING = ("elapsed_time", "steps_per_second")
 
 
-def _rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / "train.csv").open(newline="") as f:
+def _rows(run_dir: Path, name: str = "train.csv") -> list[dict[str, str]]:
+    with (run_dir / name).open(newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -64,34 +69,74 @@ def test_sam_run_logs_sharpness_to_csv_console_and_tensorboard(sam_run):
     assert "train/sharpness" in events.Tags()["scalars"]
 
 
-def test_resume_continues_with_the_saved_optimizer_state(tree, sam_run):
+def test_default_run_writes_no_checkpoint_or_buffer_dump(sam_run):
     workdir, _ = sam_run
-    checkpoint = _run_dir(workdir, "sam") / "models" / "checkpoint.pt"
-    first = torch.load(checkpoint, weights_only=False)
-    assert first["optim"]["sam"]["step_calls"] == SEED_UPDATES
-    saved_adam_step = float(first["optim"]["base"]["state"][0]["step"])
-    assert saved_adam_step == SEED_UPDATES
+    models = _run_dir(workdir, "sam") / "models"
+    # Upstream's final.pt (the model weights, save_agent=true) only: no checkpoint, no buffer.
+    assert sorted(p.name for p in models.iterdir()) == ["final.pt"]
 
+
+RESUME = (
+    *(a for a in QUICK if not a.startswith("eval_freq=")),
+    f"eval_freq={EPISODE}",
+    "buffer_size=300",  # < one episode (501 entries): wrapped at the checkpoint
+    f"checkpoint_freq={EPISODE}",
+    "optimizer=SAM",
+    "sam_every=2",  # SAM's every-k counter and last sharpness must carry over too
+)
+
+
+@pytest.fixture(scope="module")
+def resumed(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    workdir = tmp_path_factory.mktemp("resume")
+    run_train(tree, workdir, *RESUME, f"steps={2 * EPISODE}", "exp_name=full")
+    run_train(tree, workdir, *RESUME, f"steps={EPISODE}", "exp_name=split")
+    checkpoint = _run_dir(workdir, "split") / "models" / "checkpoint.pt"
+    first = torch.load(checkpoint, weights_only=False)
     proc = run_train(
         tree,
         workdir,
-        *QUICK,
-        f"steps={500 + MORE_STEPS}",
-        "optimizer=SAM",
-        "sam_rho=0.05",
-        "sam_every=2",
-        "exp_name=sam",
+        *RESUME,
+        f"steps={2 * EPISODE}",
+        "exp_name=split",
         "resume=true",
         f"checkpoint={checkpoint}",
     )
-    assert f"at step {first['step']}" in proc.stdout
-    assert "Pretraining agent on seed data" not in proc.stdout  # no second seed phase
-    second = torch.load(checkpoint, weights_only=False)
-    # One update per env step after the resumed one: the counters continue, not restart.
-    assert second["step"] == first["step"] + MORE_STEPS
-    assert second["optim"]["sam"]["step_calls"] == SEED_UPDATES + MORE_STEPS
-    assert float(second["optim"]["base"]["state"][0]["step"]) == saved_adam_step + MORE_STEPS
-    assert second["num_eps"] == first["num_eps"]
+    return {"workdir": workdir, "first": first, "stdout": proc.stdout}
+
+
+def _without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_resumed_run_reproduces_the_uninterrupted_run(resumed):
+    full, split = (_run_dir(resumed["workdir"], exp) for exp in ("full", "split"))
+    assert f"at step {EPISODE}" in resumed["stdout"]
+    train_full = _without_timing(_rows(full))
+    assert len(train_full) == 3  # episode ends at 500 and 1000, and the last update
+    assert _without_timing(_rows(split)) == train_full
+    evals = _rows(full, "eval.csv")
+    # eval.csv keeps the first leg's history, and the resumed step is not evaluated twice.
+    assert [float(r["step"]) for r in evals] == [0, EPISODE, 2 * EPISODE]
+    assert _rows(split, "eval.csv") == evals
+    ours, theirs = (
+        torch.load(d / "models" / "checkpoint.pt", weights_only=False)["agent"]
+        for d in (split, full)
+    )
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
+    assert ours["optim"]["sam"] == theirs["optim"]["sam"]
+
+
+def test_checkpoint_is_one_file_with_buffer_random_states_and_logs(resumed):
+    first = resumed["first"]
+    models = _run_dir(resumed["workdir"], "split") / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint.pt", "final.pt"]
+    assert first["step"] == EPISODE
+    assert len(first["buffer"]["data"]) == 300 and first["buffer"]["num_eps"] == 1
+    assert {"python", "numpy", "torch"} <= first["rng"].keys()
+    assert any(path.endswith("_task._random") for path in first["env_rng"])  # dm_control's
+    assert any(path.endswith("action_space._np_random") for path in first["env_rng"])
+    assert set(first["logs"]["files"]) == {"eval.csv", "train.csv"}
 
 
 def test_muon_run_completes(tree, tmp_path):
@@ -101,3 +146,17 @@ def test_muon_run_completes(tree, tmp_path):
     last = _rows(_run_dir(tmp_path, "muon"))[-1]
     assert math.isfinite(float(last["total_loss"]))
     assert "sharpness" not in last
+
+
+def test_wrapped_buffer_restores_in_place_or_oldest_first(tree):
+    (result,) = run_probe(tree, [{"mode": "buffer"}])
+    # Episodes i = 0..3 of 4 entries (reward 10i + t) into 10 slots: the last 10 are kept.
+    chronological = [12.0, 13.0, 20.0, 21.0, 22.0, 23.0, 30.0, 31.0, 32.0, 33.0]
+    assert sorted(result["saved"]) == chronological and result["saved"] != chronological
+    assert result["same"] == result["saved"] and result["same_cursor"] == result["cursor"]
+    assert result["num_eps"] == [4, 4, 4]
+    assert result["larger"] == chronological  # oldest first
+    assert result["smaller"] == chronological[2:]  # the newest 8
+    # The next episode evicts the oldest entries, whatever the capacity.
+    assert sorted(result["same_after_add"]) == chronological[4:] + [40.0, 41.0, 42.0, 43.0]
+    assert result["smaller_after_add"] == [40.0, 41.0, 42.0, 43.0, 30.0, 31.0, 32.0, 33.0]

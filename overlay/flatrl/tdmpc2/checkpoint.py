@@ -1,32 +1,40 @@
-"""Training checkpoints of the patched TD-MPC2 that a run can resume from.
+"""Training checkpoints of the patched TD-MPC2 that a run resumes from exactly.
 
 Upstream saves only the model's weights, so a stopped run restarts with fresh Adam moments (and,
-with SAM/Muon, fresh wrapper state) and an empty replay buffer. A checkpoint here holds the
-agent (model, world-model and policy optimizer state incl. SAM's every-k counter and Muon's
-momentum, running Q scale), the trainer's step and episode counters, the optimizer settings it
-was trained with, and, next to it, the replay buffer (torchrl's ``dumps``). Checkpoints are
-taken at episode boundaries, before that step's update, so a resumed run continues from there.
+with SAM/Muon, fresh wrapper state), an empty replay buffer and the start of every random
+stream. A checkpoint here is ONE file, written atomically (:func:`flatrl.runtime.atomic_save`),
+that holds everything a run changes:
+
+* the agent: model, world-model and policy optimizer state (SAM's every-k counter, Muon's
+  momentum), running Q scale and the last SAM metrics;
+* the replay buffer: its storage, writer position and episode count (so a wrapped buffer keeps
+  evicting the oldest data first);
+* the trainer's step, episode and elapsed-time counters;
+* every random state: Python, NumPy, torch CPU and CUDA (:func:`flatrl.runtime.rng_state`) and
+  the environment's own generators (:mod:`flatrl.tdmpc2.env_rng`);
+* the logs: ``eval.csv``, ``train.csv``, ``pretrain.csv`` as they were, so a resumed run
+  continues their history (rows logged after the checkpoint by a run that then stopped are
+  dropped: the resumed run logs them again).
+
+Checkpoints are taken at episode ends, after that step's evaluation and logging and before the
+environment is reset, so a resumed run takes the very steps the uninterrupted run takes next:
+2N steps equal N steps plus a resume for N more.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flatrl.runtime import atomic_save, rng_state, set_rng_state
+from flatrl.tdmpc2.env_rng import env_rng_state, set_env_rng_state
 from flatrl.tdmpc2.optimizers import optimizer_settings
 from flatrl.tdmpc2.runtime import is_unset
 
-FORMAT = "flatrl-tdmpc2-checkpoint-1"
-
-
-def buffer_dir(path: str | Path) -> Path:
-    """Where the replay buffer of checkpoint ``path`` lives (``<name>.buffer/``)."""
-    path = Path(path)
-    return path.with_name(path.name + ".buffer")
+FORMAT = "flatrl-tdmpc2-checkpoint-2"
 
 
 def agent_state(agent: Any) -> dict[str, Any]:
@@ -36,32 +44,57 @@ def agent_state(agent: Any) -> dict[str, Any]:
         "optim": agent.optim.state_dict(),
         "pi_optim": agent.pi_optim.state_dict(),
         "scale": {k: v.detach().clone() for k, v in agent.scale.state_dict().items()},
+        "sam_metrics": dict(getattr(agent, "_sam_metrics", {})),
     }
 
 
-def save_checkpoint(path: str | Path, agent: Any, buffer: Any, step: int, episode: int) -> Path:
-    """Write a resumable checkpoint (atomically: a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = agent_state(agent)
-    state.update(
-        format=FORMAT,
-        step=int(step),
-        episode=int(episode),
-        num_eps=int(getattr(buffer, "num_eps", 0)),
-        buffer_capacity=int(getattr(buffer, "capacity", 0)),
-        optimizer=dataclasses.asdict(optimizer_settings(agent.cfg)),
+def load_agent_state(agent: Any, state: dict[str, Any]) -> None:
+    """Restore what :func:`agent_state` saved."""
+    agent.model.load_state_dict(state["model"])
+    agent.optim.load_state_dict(state["optim"])
+    agent.pi_optim.load_state_dict(state["pi_optim"])
+    agent.scale.load_state_dict(state["scale"])
+    if hasattr(agent, "_sam_metrics"):
+        agent._sam_metrics = dict(state.get("sam_metrics", {}))
+
+
+def save_checkpoint(
+    path: str | Path,
+    agent: Any,
+    buffer: Any,
+    step: int,
+    episode: int,
+    *,
+    env: Any = None,
+    logger: Any = None,
+    elapsed_time: float = 0.0,
+) -> Path:
+    """Write a resumable checkpoint to ``path`` as one atomic file (see the module doc)."""
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "step": int(step),
+        "episode": int(episode),
+        "elapsed_time": float(elapsed_time),
+        "optimizer": dataclasses.asdict(optimizer_settings(agent.cfg)),
+        "agent": agent_state(agent),
+        "buffer": buffer.state_dict() if hasattr(buffer, "state_dict") else None,
+        "rng": rng_state(),
+        "env_rng": env_rng_state(env) if env is not None else None,
+        "logs": logger.state_dict() if hasattr(logger, "state_dict") else None,
+    }
+    return atomic_save(state, path)
+
+
+def check_checkpointing(cfg: Any) -> None:
+    """Fail before training on a bad ``checkpoint_freq`` or a ``resume=true`` without a file."""
+    freq = (
+        cfg.get("checkpoint_freq", 0) if hasattr(cfg, "get") else getattr(cfg, "checkpoint_freq", 0)
     )
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    if getattr(buffer, "num_eps", 0) > 0:
-        buffer.save(buffer_dir(path))
-    return path
-
-
-def check_resume(cfg: Any) -> None:
-    """Fail before training if ``resume=true`` has no checkpoint file to resume from."""
+    if isinstance(freq, bool) or not isinstance(freq, int) or freq < 0:
+        raise ValueError(
+            f"checkpoint_freq must be an integer >= 0, got {freq!r}: the env steps between "
+            "checkpoints (taken at episode ends), 0 for none (the default)."
+        )
     if not bool(getattr(cfg, "resume", False)):
         return
     if getattr(cfg, "multitask", False):
@@ -79,13 +112,25 @@ def check_resume(cfg: Any) -> None:
         raise ValueError(f"checkpoint={checkpoint} does not exist; resume=true needs that file.")
 
 
-def load_checkpoint(path: str | Path, agent: Any, buffer: Any) -> dict[str, int]:
-    """Restore the agent (and buffer, if saved) from ``path``; returns step/episode counters."""
+def load_checkpoint(
+    path: str | Path, agent: Any, buffer: Any, *, env: Any = None, logger: Any = None
+) -> dict[str, Any]:
+    """Restore agent, buffer, logs and (last) every random state from ``path``.
+
+    Returns the trainer's counters ``step``, ``episode`` and ``elapsed_time``. Call it when
+    nothing else will draw random numbers before training continues.
+    """
     state = torch.load(path, map_location=agent.device, weights_only=False)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
+        old = isinstance(state, dict) and str(state.get("format", "")).startswith("flatrl-")
         raise ValueError(
-            f"checkpoint={path} is not a resumable checkpoint (a weights-only file such as "
-            "final.pt from upstream can be evaluated but not resumed); use models/checkpoint.pt."
+            f"checkpoint={path} is not a resumable checkpoint of this version "
+            + (
+                "(written by an older flatrl, without random states: start a new run)."
+                if old
+                else "(a weights-only file such as final.pt can be evaluated but not resumed); "
+                "use models/checkpoint.pt of a run with checkpoint_freq > 0."
+            )
         )
     saved = state["optimizer"]
     current = dataclasses.asdict(optimizer_settings(agent.cfg))
@@ -95,15 +140,16 @@ def load_checkpoint(path: str | Path, agent: Any, buffer: Any) -> dict[str, int]
             f"sam_scope={saved['scope']}; resume with the same settings (got "
             f"optimizer={current['name']} sam_scope={current['scope']})."
         )
-    agent.model.load_state_dict(state["model"])
-    agent.optim.load_state_dict(state["optim"])
-    agent.pi_optim.load_state_dict(state["pi_optim"])
-    agent.scale.load_state_dict(state["scale"])
-    if state["num_eps"] > 0:
-        if not buffer_dir(path).is_dir():
-            raise ValueError(
-                f"checkpoint={path} has no replay buffer next to it ({buffer_dir(path)}); "
-                "copy that folder along with the checkpoint."
-            )
-        buffer.restore(buffer_dir(path), state["num_eps"], state["buffer_capacity"])
-    return {"step": int(state["step"]), "episode": int(state["episode"])}
+    load_agent_state(agent, state["agent"])
+    if state["buffer"] is not None and hasattr(buffer, "load_state_dict"):
+        buffer.load_state_dict(state["buffer"])
+    if state["logs"] is not None and hasattr(logger, "load_state_dict"):
+        logger.load_state_dict(state["logs"])
+    if state["env_rng"] is not None and env is not None:
+        set_env_rng_state(env, state["env_rng"])
+    set_rng_state(state["rng"])
+    return {
+        "step": int(state["step"]),
+        "episode": int(state["episode"]),
+        "elapsed_time": float(state["elapsed_time"]),
+    }

@@ -6,7 +6,7 @@ import glob
 import os
 from typing import Any
 
-from flatrl.tdmpc2.checkpoint import check_resume
+from flatrl.tdmpc2.checkpoint import check_checkpointing
 from flatrl.tdmpc2.optimizers import optimizer_settings
 from flatrl.tdmpc2.runtime import is_unset
 
@@ -33,8 +33,8 @@ def check_offline_data(cfg: Any) -> None:
 
 
 def validate_cfg(cfg: Any) -> Any:
-    """Validate optimizer settings, offline dataset and resume; returns ``cfg`` unchanged."""
+    """Validate optimizer settings, offline dataset and checkpointing; returns ``cfg`` unchanged."""
     optimizer_settings(cfg)
     check_offline_data(cfg)
-    check_resume(cfg)
+    check_checkpointing(cfg)
     return cfg

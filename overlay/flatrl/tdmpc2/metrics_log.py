@@ -13,7 +13,10 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from flatrl.runtime import atomic_write_text
 
 
 def scalar(value: Any) -> float | None:
@@ -87,6 +90,10 @@ class MetricsWriter:
         with path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=fields).writerow(row)
 
+    def forget_headers(self) -> None:
+        """Re-read each CSV's header on the next write (after the files were replaced)."""
+        self._fields.clear()
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
@@ -132,3 +139,34 @@ class MetricsLogger:
     def finish(self, agent: Any = None) -> None:
         self._logger.finish(agent)
         self._writer.close()
+
+    def _log_files(self) -> list[Path]:
+        names = ["eval.csv", *(f"{c}.csv" for c in self._writer.csv_categories)]
+        return [self._writer.log_dir / name for name in names]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The CSV logs as they are now, for a checkpoint (small: one row per episode).
+
+        Holds the files' text and upstream's in-memory evaluation history (``Logger._eval``),
+        from which upstream rewrites ``eval.csv`` whole on every evaluation.
+        """
+        files = {p.name: p.read_text() for p in self._log_files() if p.is_file()}
+        evals = [list(map(float, row)) for row in getattr(self._logger, "_eval", [])]
+        return {"files": files, "eval": evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put the logs back as a checkpoint saw them (a resumed run continues them).
+
+        Rows written after the checkpoint by the run that stopped are dropped, because the
+        resumed run logs those steps again; without the evaluation history upstream's logger
+        would overwrite ``eval.csv`` with the resumed run's evaluations only.
+        """
+        for path in self._log_files():
+            text = state["files"].get(path.name)
+            if text is not None:
+                atomic_write_text(text, path)
+            elif path.exists():
+                path.unlink()
+        if hasattr(self._logger, "_eval"):
+            self._logger._eval = [np.array(row) for row in state["eval"]]
+        self._writer.forget_headers()

@@ -1,8 +1,9 @@
 """Where TD-MPC2 runs: the device, and what must change when that device is not a GPU.
 
-Upstream TD-MPC2 hard-codes ``cuda:0`` and compiles its update with inductor; both fail on a
-CPU-only machine. The patched tree asks this module instead, so ``device=auto|cpu|cuda`` and the
-CPU fallbacks are decided in one place.
+Upstream TD-MPC2 hard-codes ``cuda:0`` and compiles its update with inductor and CUDA graphs;
+both fail on a CPU-only machine. The patched tree asks this module instead, so
+``device=auto|cpu|cuda`` and the CPU fallbacks are decided in one place. Device resolution
+itself is :func:`flatrl.runtime.resolve_device`, shared with every other flatrl integration.
 """
 
 from __future__ import annotations
@@ -12,45 +13,38 @@ from typing import Any
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from flatrl.runtime import DEVICE_CHOICES, resolve_device
 
-
-def resolve_device(name: Any) -> torch.device:
-    """Turn the ``device`` config value into a torch device (``auto`` = cuda if available).
-
-    Raises ValueError for an unknown name, or for ``cuda`` on a machine without CUDA, so a run
-    fails before any environment or model is built.
-    """
-    text = "auto" if name is None else str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={name} but CUDA is not available on this machine; use device=cpu "
-                "(or device=auto, which picks cuda when it is available)."
-            )
-        return torch.device("cuda:0" if text == "cuda" else text)
-    raise ValueError(f"device={name!r} is not one of {DEVICE_CHOICES} (or cuda:N).")
+__all__ = [
+    "DEVICE_CHOICES",
+    "compile_mode",
+    "configure_runtime",
+    "default_seed_steps",
+    "is_unset",
+    "resolve_device",
+]
 
 
 def configure_runtime(cfg: Any) -> Any:
     """Resolve ``cfg.device`` in place and turn off what the device cannot do.
 
     ``compile=true`` uses inductor with CUDA graphs (``mode="reduce-overhead"``), which only
-    pays off, and only works reliably, on a GPU: on CPU it is switched off with a warning rather
-    than failing deep inside the first update. ``enable_wandb=true`` (upstream's default)
-    without ``wandb_project``/``wandb_entity`` is turned off with a message instead of a login
-    prompt.
+    pays off on a GPU: on CPU it is switched off with a warning rather than failing deep inside
+    the first update, unless ``compile_cpu=true`` asks to compile there anyway (inductor's C++
+    backend without CUDA graphs; slow to compile, meant for testing the compiled path without a
+    GPU). ``enable_wandb=true`` (upstream's default) without ``wandb_project``/``wandb_entity``
+    is turned off with a message instead of a login prompt.
     """
     device = resolve_device(getattr(cfg, "device", "auto"))
     cfg.device = str(device)
-    if device.type != "cuda" and bool(getattr(cfg, "compile", False)):
+    compile_cpu = getattr(cfg, "compile_cpu", False)
+    if not isinstance(compile_cpu, bool):
+        raise ValueError(f"compile_cpu must be true or false, got {compile_cpu!r}.")
+    if device.type != "cuda" and bool(getattr(cfg, "compile", False)) and not compile_cpu:
         warnings.warn(
             f"compile=true needs a CUDA device (torch.compile with CUDA graphs); running on "
-            f"{device} with compile=false. Pass compile=false to silence this warning.",
+            f"{device} with compile=false. Pass compile=false to silence this warning, or "
+            "compile_cpu=true to compile on the CPU anyway (slow to compile; for testing).",
             stacklevel=2,
         )
         print(f"Warning: compile=true is not supported on {device}; using compile=false.")
@@ -66,6 +60,15 @@ def configure_runtime(cfg: Any) -> Any:
         )
         cfg.enable_wandb = False
     return cfg
+
+
+def compile_mode(device: torch.device) -> str | None:
+    """``torch.compile`` mode: upstream's ``reduce-overhead`` (CUDA graphs) on CUDA, else default.
+
+    CUDA graphs exist only on CUDA; on CPU (``compile_cpu=true``) inductor's default mode is
+    the same kernels without graph capture.
+    """
+    return "reduce-overhead" if torch.device(device).type == "cuda" else None
 
 
 def is_unset(value: Any) -> bool:
@@ -89,17 +92,3 @@ def default_seed_steps(cfg: Any, episode_length: int) -> int:
             f"buffer; e.g. seed_steps={int(episode_length)}."
         )
     return value
-
-
-def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The CPU (and, on CUDA, the device) random state, to replay the same noise in a re-pass."""
-    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda_state
-
-
-def set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    """Restore a state from :func:`rng_state`."""
-    cpu_state, cuda_state = state
-    torch.set_rng_state(cpu_state)
-    if cuda_state is not None:
-        torch.cuda.set_rng_state(cuda_state, device)
