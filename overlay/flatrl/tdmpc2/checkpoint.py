@@ -55,7 +55,11 @@ def load_agent_state(agent: Any, state: dict[str, Any]) -> None:
     agent.pi_optim.load_state_dict(state["pi_optim"])
     agent.scale.load_state_dict(state["scale"])
     if hasattr(agent, "_sam_metrics"):
-        agent._sam_metrics = dict(state.get("sam_metrics", {}))
+        device = getattr(agent, "device", None)
+        agent._sam_metrics = {
+            k: v.to(device) if isinstance(v, torch.Tensor) and device is not None else v
+            for k, v in state.get("sam_metrics", {}).items()
+        }
 
 
 def save_checkpoint(
@@ -120,7 +124,8 @@ def load_checkpoint(
     Returns the trainer's counters ``step``, ``episode`` and ``elapsed_time``. Call it when
     nothing else will draw random numbers before training continues.
     """
-    state = torch.load(path, map_location=agent.device, weights_only=False)
+    # On the CPU: random states must stay CPU tensors; each part goes to its own device below.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         old = isinstance(state, dict) and str(state.get("format", "")).startswith("flatrl-")
         raise ValueError(
