@@ -43,7 +43,8 @@ from .conftest import compose_config, tiny_config
 def test_bad_value_is_one_clear_error_before_training(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    config = tiny_config(tmp_path, *override.split())
+    # A short budget: should a check regress, the run ends quickly instead of training 1M steps.
+    config = tiny_config(tmp_path, "training.total_env_steps=8", *override.split())
     with pytest.raises(ValueError) as info:
         train(config)
     assert message in str(info.value)
