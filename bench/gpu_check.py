@@ -138,12 +138,17 @@ D3RLPY_SAC_SAM = textwrap.dedent(
 TDMPC2_TINY = (
     "task=cartpole-swingup",
     "model_size=1",
-    "steps=1200",
-    "seed_steps=1000",
-    "seed_updates=20",
+    "steps=600",
+    "seed_steps=500",
+    "seed_updates=50",
+    "iterations=2",
+    "num_samples=64",
+    "num_elites=8",
+    "num_pi_trajs=4",
+    "batch_size=64",
+    "eval_episodes=1",
     "compile=true",
     "enable_wandb=false",
-    "eval_episodes=1",
     "save_video=false",
 )
 
