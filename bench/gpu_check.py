@@ -188,6 +188,7 @@ def checks(tmp: Path, device: str) -> list[Check]:
                     f"device={device}",
                     f"optimizer={opt}",
                     f"exp_name=gpucheck_{opt.lower()}",
+                    *(("compile_cpu=true",) if device == "cpu" else ()),
                 ),
                 cwd=tmp,
                 timeout_s=420,
