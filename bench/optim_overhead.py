@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from flatrl.optim import SAM, build_optimizer  # noqa: E402
-from flatrl.optim.cpu_muon import newton_schulz  # noqa: E402
+from flatrl.optim.muon import newton_schulz  # noqa: E402
 from torch import nn  # noqa: E402
 
 IN_DIM, HIDDEN, OUT_DIM = 64, 256, 16

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from flatrl.optim import SAM, CompositeOptimizer, Muon, build_optimizer, muon_param_groups
-from flatrl.optim.cpu_muon import newton_schulz
+from flatrl.optim.muon import newton_schulz
 from torch import Tensor, nn
 
 torch.set_num_threads(1)

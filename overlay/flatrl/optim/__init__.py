@@ -5,8 +5,8 @@ these names instead of re-implementing them.
 """
 
 from flatrl.optim.composite import CompositeOptimizer
-from flatrl.optim.cpu_muon import Muon, MuonUnavailableError
-from flatrl.optim.muon import build_optimizer, muon_param_groups
+from flatrl.optim.muon import Muon, MuonUnavailableError
+from flatrl.optim.param_split import build_optimizer, muon_param_groups
 from flatrl.optim.sam import SAM
 from flatrl.optim.sam_config import SAMConfig, SAMConfigError
 from flatrl.optim.sam_step import kept_batchnorm_stats, sam_closure, sam_step

@@ -1,184 +1,168 @@
-"""Muon for RL networks: which parameters Muon gets, and one factory for every optimizer case.
+"""``torch.optim.Muon`` with its Newton-Schulz iteration in a dtype that suits the device.
 
-Muon (``torch.optim.Muon``) orthogonalises the momentum of a weight *matrix*, which only makes
-sense for hidden linear maps. Everything else (biases, norm scales, embeddings, stacked ensemble
-weights with more than two dimensions, and by default the first and last layer, whose shapes
-are tied to observation/action sizes) goes to an Adam/AdamW fallback.
+torch's Muon always orthogonalises in bfloat16. That is the fast choice on GPUs, but CPUs
+without native bf16 matrix units emulate it: on the development machines (AVX2, no AVX512-BF16)
+one 256x256 Newton-Schulz takes about 0.9 s in bf16 against about 0.03 s in float32, which makes
+torch's Muon unusable for CPU training and tests. This subclass keeps torch's hyperparameters,
+group layout, state (``momentum_buffer``) and update rule, and only picks the Newton-Schulz
+dtype: bfloat16 on CUDA (as torch), float32 elsewhere, or whatever ``ns_dtype`` says. With
+``ns_dtype=torch.bfloat16`` it reproduces ``torch.optim.Muon`` bit for bit (tested).
+
+``torch.optim.Muon`` exists from torch 2.9 on. On an older torch this module (and so
+``flatrl.optim``, whose SAM and Adam paths do not need Muon) still imports; only constructing
+:class:`Muon` raises :class:`MuonUnavailableError`, naming the torch found and the one needed.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
+import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from flatrl.optim.composite import CompositeOptimizer
-from flatrl.optim.cpu_muon import Muon
+#: The first torch release with ``torch.optim.Muon``.
+MIN_TORCH_FOR_MUON = "2.9"
 
-CASES = ("muon", "adam", "adamw")
-FALLBACKS = ("adam", "adamw")
-
-
-def _matches(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+_TorchMuon: type[torch.optim.Optimizer] | None = getattr(torch.optim, "Muon", None)
 
 
-def _edge_linear_names(module: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of the first and last ``nn.Linear`` in registration order (the default heuristic)."""
-    linears = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        return [], []
-    return [linears[0]], [linears[-1]]
+class MuonUnavailableError(RuntimeError):
+    """This torch has no ``torch.optim.Muon``, which :class:`Muon` builds on."""
 
 
-def _check_names(module: nn.Module, names: Sequence[str] | None, what: str) -> None:
-    if names is None:
-        return
-    if isinstance(names, str):
-        raise TypeError(f"{what} must be a list of module names, e.g. ['{names}'].")
-    known = {name for name, _ in module.named_modules()}
-    missing = [n for n in names if n not in known]
-    if missing:
-        raise ValueError(
-            f"{what} {missing} name no submodule of {type(module).__name__}; use names from "
-            "module.named_modules(), e.g. 'encoder.0'."
-        )
-
-
-def _is_proper_matrix(p: Tensor) -> bool:
-    """2-D with both sides > 1. Newton-Schulz turns a 1xN or Nx1 matrix (and a 1x1 scalar such
-    as d3rlpy's ``log_temp``) into ``g / ||g||`` times a constant, a sign-like step of fixed size
-    whatever the gradient's scale, so those go to the fallback with the vectors and scalars."""
-    return p.ndim == 2 and min(p.shape) > 1
-
-
-def muon_param_groups(
-    module: nn.Module,
-    apply_first_layer: bool = False,
-    apply_last_layer: bool = False,
-    first_layer_names: Sequence[str] | None = None,
-    last_layer_names: Sequence[str] | None = None,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """Split ``module``'s trainable parameters into (Muon params, fallback params).
-
-    Muon gets a parameter iff it is 2-D with both dimensions > 1 (so never a scalar, a vector or
-    a 1xN / Nx1 / 1x1 matrix such as d3rlpy's ``log_alpha``), not a bias (stacked ensemble biases
-    are 2-D), not owned by an embedding, and not in the first/last layer unless
-    ``apply_first_layer`` / ``apply_last_layer`` is set. ``first_layer_names`` /
-    ``last_layer_names`` are module-name prefixes (e.g. ``["_encoder.state.0"]``); by default the
-    first and last ``nn.Linear`` in registration order are the first and last layer.
-    """
-    _check_names(module, first_layer_names, "first_layer_names")
-    _check_names(module, last_layer_names, "last_layer_names")
-    default_first, default_last = _edge_linear_names(module)
-    first = list(first_layer_names) if first_layer_names is not None else default_first
-    last = list(last_layer_names) if last_layer_names is not None else default_last
-    embedding_param_ids = {
-        id(p)
-        for m in module.modules()
-        if isinstance(m, nn.Embedding | nn.EmbeddingBag)
-        for p in m.parameters(recurse=False)
-    }
-
-    muon: list[Tensor] = []
-    fallback: list[Tensor] = []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        hidden_matrix = (
-            _is_proper_matrix(p) and "bias" not in leaf and id(p) not in embedding_param_ids
-        )
-        if hidden_matrix and not apply_first_layer and _matches(name, first):
-            hidden_matrix = False
-        if hidden_matrix and not apply_last_layer and _matches(name, last):
-            hidden_matrix = False
-        (muon if hidden_matrix else fallback).append(p)
-    return muon, fallback
-
-
-def build_optimizer(
-    module: nn.Module,
-    case: str = "adam",
-    lr: float = 3e-4,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    momentum: float = 0.95,
-    nesterov: bool = True,
-    apply_first_layer: bool = False,
-    apply_last_layer: bool = False,
-    first_layer_names: Sequence[str] | None = None,
-    last_layer_names: Sequence[str] | None = None,
-    muon_lr: float | None = None,
-    fallback: str = "adam",
-    adjust_lr_fn: str | None = None,
-    eps: float = 1e-8,
-    ns_dtype: str | None = None,
-) -> torch.optim.Optimizer:
-    """Build the optimizer for one experimental case over ``module``'s parameters.
-
-    ``case="adam"``/``"adamw"`` give a single torch optimizer. ``case="muon"`` gives a
-    :class:`CompositeOptimizer` of ``torch.optim.Muon`` (hidden matrices) and the ``fallback``
-    Adam/AdamW (the rest). Every group carries ``"optimizer_kind"``.
-
-    Muon's learning rate: with ``muon_lr=None`` Muon reuses ``lr`` and, unless ``adjust_lr_fn``
-    says otherwise, torch's ``"match_rms_adamw"`` scaling, which makes Muon's update RMS match
-    AdamW's so an Adam-tuned lr carries over; with an explicit ``muon_lr`` the default is
-    ``"original"`` (Keller Jordan's scaling, lr around 0.02). Muon's weight decay is decoupled.
-
-    Muon is :class:`flatrl.optim.cpu_muon.Muon`, a ``torch.optim.Muon`` whose Newton-Schulz runs
-    in bfloat16 on CUDA (as torch's) and in float32 on CPU, where torch's bfloat16 path is about
-    30x slower; ``ns_dtype`` overrides the choice.
-    """
-    if case not in CASES:
-        raise ValueError(f"optimizer case must be one of {CASES}, got {case!r}.")
-    if fallback not in FALLBACKS:
-        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}.")
-    if muon_lr is not None and not muon_lr > 0:
-        raise ValueError(f"muon_lr must be None (reuse lr) or > 0, got {muon_lr}.")
-    if case != "muon":
-        adam_cls = torch.optim.AdamW if case == "adamw" else torch.optim.Adam
-        params = [p for p in module.parameters() if p.requires_grad]
-        opt = adam_cls(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-        for group in opt.param_groups:
-            group["optimizer_kind"] = case
-        return opt
-
-    muon_params, fallback_params = muon_param_groups(
-        module, apply_first_layer, apply_last_layer, first_layer_names, last_layer_names
+def _muon_unavailable() -> MuonUnavailableError:
+    return MuonUnavailableError(
+        f"flatrl.optim.Muon needs torch.optim.Muon, which torch >= {MIN_TORCH_FOR_MUON} provides, "
+        f"but this is torch {torch.__version__}. Install torch >= {MIN_TORCH_FOR_MUON} (the "
+        "project's environments pin it in requirements/constraints.txt), or pick an optimizer "
+        "without Muon (e.g. case='adam')."
     )
-    optimizers: list[torch.optim.Optimizer] = []
-    if muon_params:
-        if adjust_lr_fn is None:
-            adjust_lr_fn = "match_rms_adamw" if muon_lr is None else "original"
-        optimizers.append(
-            Muon(
-                muon_params,
-                lr=lr if muon_lr is None else muon_lr,
-                weight_decay=weight_decay,
-                momentum=momentum,
-                nesterov=nesterov,
-                adjust_lr_fn=adjust_lr_fn,
-                ns_dtype=ns_dtype,
-            )
-        )
+
+
+if _TorchMuon is None:
+
+    class _MuonBase(torch.optim.Optimizer):
+        """Stand-in base on a torch without Muon, so that importing this module still works."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise _muon_unavailable()
+
+else:
+    _MuonBase = _TorchMuon  # type: ignore[misc]
+
+
+def newton_schulz(
+    grad: Tensor,
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Quintic Newton-Schulz orthogonalisation of a 2-D matrix, as in ``torch.optim.Muon``.
+
+    The same sequence of operations as torch's private ``_zeropower_via_newtonschulz``, with the
+    working dtype as a parameter instead of a hard-coded bfloat16.
+    """
+    if grad.ndim != 2:
+        raise ValueError(f"Newton-Schulz needs a 2-D matrix, got shape {tuple(grad.shape)}.")
+    a, b, c = coefficients
+    # Always a copy: ``grad`` may be the momentum buffer itself (nesterov=False), and the
+    # normalisation below is in place.
+    x = grad.to(dtype, copy=True)
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, poly, x, beta=a)
+    return x.T if tall else x
+
+
+def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """Muon's shape-dependent learning-rate scaling (same rules as torch.optim.Muon)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        ratio = math.sqrt(max(1, rows / cols))
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(rows, cols))
     else:
-        warnings.warn(
-            f"case='muon' but {type(module).__name__} has no hidden 2-D weight for Muon (first/"
-            "last layers are excluded unless apply_first_layer/apply_last_layer, and so is any "
-            "matrix with a dimension of size 1); every "
-            f"parameter goes to {fallback}.",
-            stacklevel=2,
-        )
-    if fallback_params:
-        adam_cls = torch.optim.AdamW if fallback == "adamw" else torch.optim.Adam
-        optimizers.append(
-            adam_cls(fallback_params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-        )
-    if not optimizers:
-        raise ValueError(f"{type(module).__name__} has no trainable parameters to optimize.")
-    return CompositeOptimizer(optimizers)
+        ratio = 1.0
+    return lr * ratio
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def _resolve_dtype(ns_dtype: str | None, device: torch.device) -> torch.dtype:
+    if ns_dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[ns_dtype]
+
+
+class Muon(_MuonBase):
+    """``torch.optim.Muon`` whose Newton-Schulz dtype follows the device (see module doc).
+
+    Args:
+        params, **kwargs: exactly as ``torch.optim.Muon``.
+        ns_dtype: ``None`` (bfloat16 on CUDA, float32 elsewhere), ``"float32"``,
+            ``"bfloat16"`` or ``"float64"``. Stored per param group.
+
+    Raises:
+        MuonUnavailableError: on a torch without ``torch.optim.Muon`` (before torch 2.9).
+    """
+
+    def __init__(self, params: Any, *args: Any, ns_dtype: str | None = None, **kwargs: Any):
+        if _TorchMuon is None:
+            raise _muon_unavailable()
+        if ns_dtype is not None and ns_dtype not in _DTYPES:
+            raise ValueError(
+                f"ns_dtype must be None or one of {sorted(_DTYPES)}, got {ns_dtype!r}."
+            )
+        self._default_ns_dtype = ns_dtype  # read by add_param_group during __init__
+        super().__init__(params, *args, **kwargs)
+        self.defaults["ns_dtype"] = ns_dtype
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As torch's, plus the ``ns_dtype`` default."""
+        param_group.setdefault("ns_dtype", self._default_ns_dtype)
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One Muon update (torch's rule; Newton-Schulz in the group's dtype)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr = group["lr"]
+            lr = float(lr) if isinstance(lr, Tensor) else lr
+            momentum, weight_decay = group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if torch.is_complex(p) or p.grad.is_sparse:
+                    raise RuntimeError("Muon supports neither complex parameters nor sparse grads.")
+                grad = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        grad, memory_format=torch.preserve_format
+                    )
+                buf = state["momentum_buffer"]
+                buf.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = newton_schulz(
+                    update,
+                    group["ns_coefficients"],
+                    group["ns_steps"],
+                    group["eps"],
+                    _resolve_dtype(group.get("ns_dtype"), p.device),
+                )
+                p.mul_(1 - lr * weight_decay)
+                p.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
