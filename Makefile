@@ -1,10 +1,14 @@
 # flatrl: `make apply && make test` from a fresh clone. See README.md.
 #
-# Two environments, one per upstream stack (their pins collide: d3rlpy 2.8.1 wants
-# gymnasium 1.0 + numpy 2, TD-MPC2 wants gymnasium 0.29 + numpy 1.24 + dm-control 1.0.16):
-#   .venv/d3rlpy  the patched d3rlpy, the flatrl core and the world-model agent
-#   .venv/tdmpc2  the patched TD-MPC2 and the SAC+Muon agent (same dm_control/torchrl/Hydra)
-# Both get the flatrl package (editable) and torch==2.13.0 through requirements/constraints.txt.
+# Nothing here names an upstream or an environment in a loop; they come from files:
+#   vendor/<name>.toml        one pin per upstream (UPSTREAMS); `env = "<env>"` in a pin makes
+#                             that environment import build/<name> in place (a .pth line)
+#   requirements/<env>.txt    one environment per file (ENVS), built as .venv/<env>
+#   tests/environments.txt    which environment(s) run each folder under tests/
+# Today: .venv/d3rlpy (patched d3rlpy, flatrl core, world-model agent) and .venv/tdmpc2
+# (patched TD-MPC2, SAC+Muon agent); their pins collide (gymnasium 1.0 + numpy 2 vs gymnasium
+# 0.29 + numpy 1.24 + dm-control 1.0.16). Each gets flatrl (editable) and torch==2.13.0 through
+# requirements/constraints.txt.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,19 +21,27 @@ PIP := -m pip install -q --disable-pip-version-check -c requirements/constraints
 PYTEST_FLAGS ?= -q -rs -p no:cacheprovider
 D3 := $(VENV)/d3rlpy/bin/python
 TD := $(VENV)/tdmpc2/bin/python
+UPSTREAMS := $(basename $(notdir $(wildcard vendor/*.toml)))
+ENVS := $(filter-out constraints,$(basename $(notdir $(wildcard requirements/*.txt))))
+TEST_TABLE := tests/environments.txt
+# the test folders an environment runs, from TEST_TABLE
+tests_for = $(shell awk '!/^\#/ && NF { for (i = 2; i <= NF; i++) if ($$i == "$(1)") print "tests/" $$1 }' $(TEST_TABLE))
+# extra pytest arguments per environment
+PYTEST_ARGS_tdmpc2 := -m "not needs_pytorch_optimizer"
 
-.PHONY: help setup vendor apply test test-d3rlpy-env test-tdmpc2-env lint format refresh \
-	refresh-check status rebase demo bench gpu-check clean distclean d3rlpy-upstream-tests tdmpc2-smoke
+.PHONY: help setup vendor apply test check-test-envs lint format refresh refresh-check status \
+	rebase wheels demo bench gpu-check clean distclean d3rlpy-upstream-tests tdmpc2-smoke
 
 help:
 	@echo "make apply   build environments and the patched trees under build/"
 	@echo "make test    run our tests (skips, with the reason, what needs unavailable upstreams)"
 	@echo "make demo    the main job on a small default (see README)"
+	@echo "make wheels  patched d3rlpy (2.8.1+flatrl.<series id>) and flatrl wheels into dist/"
 	@echo "make lint | refresh NAME=x | rebase NAME=x TO=v | status | clean"
+	@echo "upstreams: $(UPSTREAMS); environments: $(ENVS)"
 
 setup:
-	$(MAKE) --no-print-directory -j2 --output-sync=target $(VENV)/d3rlpy/.installed \
-		$(VENV)/tdmpc2/.installed
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(ENVS:%=$(VENV)/%/.installed)
 
 $(VENV)/%/.installed: requirements/%.txt requirements/constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)/$*
@@ -44,20 +56,37 @@ vendor:
 # with a message saying how to supply it (tests that need it then skip too).
 apply: setup
 	$(PYTHON) apply_patches.py apply --keep-going
-	@# a .pth line makes build/d3rlpy importable; `pip install -e` would rewrite the tree's
-	@# egg-info and leave it with edits that the next apply refuses to overwrite
-	@if [ -d build/d3rlpy ]; then $(D3) -c "import site; \
-		open(site.getsitepackages()[0] + '/flatrl-d3rlpy.pth', 'w').write('$(CURDIR)/build/d3rlpy\n')"; fi
+	@# each pin with `env = "<env>"` gets a .pth line in .venv/<env> naming its tree (`pip install
+	@# -e` would rewrite the tree's egg-info and leave edits that the next apply refuses to overwrite)
+	$(PYTHON) apply_patches.py pth --venv $(VENV)
 
-# The two environments' suites run side by side, each single-threaded: 2 cores, no oversubscription.
-test: apply
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-d3rlpy-env test-tdmpc2-env
+# The environments' suites run side by side, each single-threaded: 2 cores, no oversubscription.
+test: apply check-test-envs
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(ENVS:%=test-%-env)
 
-test-d3rlpy-env:
-	$(D3) -m pytest $(PYTEST_FLAGS) tests --ignore=tests/tdmpc2 --ignore=tests/sac
+# One environment's folders, as tests/environments.txt lists them (make test-d3rlpy-env, ...).
+test-%-env: check-test-envs
+	@test -n "$(call tests_for,$*)" || { echo "no folder of $(TEST_TABLE) runs in $*"; exit 0; }
+	$(VENV)/$*/bin/python -m pytest $(PYTEST_FLAGS) $(PYTEST_ARGS_$*) $(call tests_for,$*)
 
-test-tdmpc2-env:
-	$(TD) -m pytest $(PYTEST_FLAGS) -m "not needs_pytorch_optimizer" tests/core tests/tdmpc2 tests/sac
+# Every folder under tests/ is listed in TEST_TABLE with known environments, and every listed
+# folder exists: a new folder cannot silently run in the wrong environment, or in none.
+check-test-envs:
+	@status=0; known=" $(ENVS) "; \
+	for dir in tests/*/; do \
+		folder=$$(basename "$$dir"); [ "$$folder" = __pycache__ ] && continue; \
+		envs=$$(awk -v f="$$folder" '!/^#/ && $$1 == f { $$1 = ""; print }' $(TEST_TABLE)); \
+		if [ -z "$$envs" ]; then status=1; echo "error: tests/$$folder has no environment;" \
+			"add a line '$$folder <env>' to $(TEST_TABLE) (environments: $(ENVS))" >&2; fi; \
+		for env in $$envs; do case "$$known" in *" $$env "*) ;; *) status=1; \
+			echo "error: $(TEST_TABLE) runs tests/$$folder in '$$env', which is not an" \
+				"environment (requirements/<env>.txt): one of $(ENVS)" >&2;; esac; done; \
+	done; \
+	for folder in $$(awk '!/^#/ && NF { print $$1 }' $(TEST_TABLE)); do \
+		[ -d "tests/$$folder" ] || { status=1; \
+			echo "error: $(TEST_TABLE) lists tests/$$folder, which does not exist" >&2; }; \
+	done; \
+	exit $$status
 
 lint: setup
 	$(D3) -m ruff check .
@@ -79,6 +108,17 @@ refresh-check:
 rebase:
 	@test -n "$(NAME)" -a -n "$(TO)" || (echo "usage: make rebase NAME=d3rlpy TO=2.7.0"; exit 2)
 	$(PYTHON) apply_patches.py rebase $(NAME) --to $(TO)
+
+# The patched releases (pins with version_file: d3rlpy as 2.8.1+flatrl.<series id>, the id
+# derived from patches/<name>/) and flatrl, into dist/. Both are built from clean copies (the
+# tree's HEAD, the repo's pyproject.toml + overlay/) so setuptools never writes into them.
+wheels: apply
+	$(PYTHON) apply_patches.py wheel --dist dist --python $(D3)
+	@tmp=$$(mktemp -d) && cp -r pyproject.toml overlay "$$tmp"/ && \
+		find "$$tmp" \( -name '*.egg-info' -o -name __pycache__ \) -prune -exec rm -rf {} + && \
+		$(D3) -m pip wheel -q --no-deps --no-build-isolation --disable-pip-version-check \
+			-w dist "$$tmp"; rc=$$?; rm -rf "$$tmp"; exit $$rc
+	@ls -1 dist/*.whl
 
 demo: apply
 	$(D3) bench/d3rlpy_demo.py
@@ -112,7 +152,7 @@ gpu-check: apply
 	$(PYTHON) bench/gpu_check.py
 
 clean:
-	rm -rf build
+	rm -rf build dist
 
 distclean: clean
 	rm -rf $(VENV)
