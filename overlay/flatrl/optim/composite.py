@@ -9,12 +9,12 @@ edit the child), and one ``step``/``zero_grad``/``state_dict``/``load_state_dict
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+
+from flatrl.optim.delegating import DelegatingOptimizer
 
 
 def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
@@ -22,11 +22,13 @@ def optimizer_kind(optimizer: torch.optim.Optimizer) -> str:
     return type(optimizer).__name__.lower()
 
 
-class CompositeOptimizer(torch.optim.Optimizer):
+class CompositeOptimizer(DelegatingOptimizer):
     """Step several optimizers over disjoint parameters as if they were one.
 
     Every child group gets an ``"optimizer_kind"`` entry (``"muon"``, ``"adam"``, ``"adamw"``,
     ...) unless it already has one, so code that walks ``param_groups`` can tell them apart.
+    ``state`` is a merged view of the children's state; assigning it gives each child the
+    entries of its own parameters (see :class:`flatrl.optim.delegating.DelegatingOptimizer`).
     """
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
@@ -41,34 +43,12 @@ class CompositeOptimizer(torch.optim.Optimizer):
             for group in opt.param_groups:
                 group.setdefault("optimizer_kind", optimizer_kind(opt))
         self.optimizers = optimizers
-        self._delegate_add_param_group = False
-        # Optimizer.__init__ validates that no parameter appears twice across the children and
-        # registers the children's group dicts themselves (no copies).
-        super().__init__([g for opt in optimizers for g in opt.param_groups], {})
-        self._delegate_add_param_group = True
-        self._initialised = True
+        # Optimizer.__init__ (through the base) validates that no parameter appears twice
+        # across the children.
+        super().__init__({})
 
-    @property
-    def state(self) -> dict[Tensor, Any]:  # type: ignore[override]
-        """A merged view of the children's per-parameter state (the dicts are the children's)."""
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        # Optimizer.__init__ assigns an empty state, which must not replace the children's.
-        # A later assignment (e.g. d3rlpy's reset_optimizer_states with an empty defaultdict)
-        # gives each child the entries of its own parameters, in a fresh defaultdict.
-        if not self.__dict__.get("_initialised", False):
-            return
-        for opt in self.optimizers:
-            own = {p for group in opt.param_groups for p in group["params"]}
-            opt.state = collections.defaultdict(
-                dict, {p: s for p, s in dict(value).items() if p in own}
-            )
-
-    def _sync_groups(self) -> None:
-        # Keep the list object (SAM shares it) but refresh its content from the children.
-        self.param_groups[:] = [g for opt in self.optimizers for g in opt.param_groups]
+    def _wrapped(self) -> list[torch.optim.Optimizer]:
+        return self.optimizers
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -81,16 +61,8 @@ class CompositeOptimizer(torch.optim.Optimizer):
             opt.step()
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the gradients of every child's parameters."""
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the child whose kind matches ``param_group["optimizer_kind"]``."""
-        if not self._delegate_add_param_group:
-            super().add_param_group(param_group)
-            return
+    def _route_param_group(self, param_group: dict[str, Any]) -> None:
+        """A new group goes to the child whose kind matches ``param_group["optimizer_kind"]``."""
         kinds = [optimizer_kind(opt) for opt in self.optimizers]
         kind = param_group.get("optimizer_kind")
         if kind is None and len(self.optimizers) == 1:
@@ -100,10 +72,7 @@ class CompositeOptimizer(torch.optim.Optimizer):
                 "CompositeOptimizer.add_param_group needs param_group['optimizer_kind'] set to "
                 f"one of {kinds} to know which optimizer gets the group; got {kind!r}."
             )
-        target = self.optimizers[kinds.index(kind)]
-        param_group = dict(param_group, optimizer_kind=kind)
-        target.add_param_group(param_group)
-        self._sync_groups()
+        self.optimizers[kinds.index(kind)].add_param_group(dict(param_group, optimizer_kind=kind))
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """One entry per child, in order, plus the kinds to check against on load."""
@@ -123,13 +92,6 @@ class CompositeOptimizer(torch.optim.Optimizer):
         for opt, sd in zip(self.optimizers, state_dict["optimizers"], strict=True):
             opt.load_state_dict(sd)
         self._sync_groups()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Everything, so that pickling or deep-copying keeps the wrapped optimizer(s).
-
-        torch's Optimizer pickles only defaults/state/param_groups, which would drop them.
-        """
-        return self.__dict__.copy()
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(opt) for opt in self.optimizers)
