@@ -13,7 +13,7 @@ no bootstrapping at all, advantage = return - V(o_t), policy loss -(log pi(a|s) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -22,23 +22,21 @@ from torch import nn
 from flatrl.optim import SAM, sam_step
 from flatrl.runtime import TorchRNG
 
+from .config import A2C_DEFAULTS, REINFORCE_SETTINGS, OptimConfig, UpdateConfig
 from .rollout import Rollout
 from .world_model import WorldModel
 
 
 @dataclass
-class A2CConfig:
-    """Loss weights, return estimation, and how one rollout is split into gradient steps."""
+class A2CConfig(UpdateConfig):
+    """The update as `a2c_update` runs it: the CLI's update section (`config.UpdateConfig`, where
+    every field and its default is declared) with the algorithm's choices filled in, plus the
+    clipping norm and whether this is REINFORCE."""
 
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    memory_coef: float = 0.1
-    max_grad_norm: float = 0.5
-    num_minibatches: int = 4
-    update_epochs: int = 4
-    clip_range: float = 0.2
+    gae_lambda: float = A2C_DEFAULTS["gae_lambda"]
+    update_epochs: int = A2C_DEFAULTS["update_epochs"]
+    clip_range: float = A2C_DEFAULTS["clip_range"]
+    max_grad_norm: float = OptimConfig.max_grad_norm
     normalize_advantages: bool = True
     reinforce: bool = False
 
@@ -49,6 +47,16 @@ class A2CConfig:
                 f"clip_range=0, got {self.update_epochs} and {self.clip_range}; use A2C "
                 "(reinforce=False, --use-a2c) to reuse rollouts."
             )
+
+    @classmethod
+    def from_options(cls, update: UpdateConfig, use_a2c: bool, max_grad_norm: float) -> A2CConfig:
+        """Fields left None take the algorithm's setting: A2C's defaults with --use-a2c, else
+        REINFORCE's (Monte-Carlo returns, one pass, no clip; config.validate refuses flags
+        asking for more)."""
+        chosen = A2C_DEFAULTS if use_a2c else REINFORCE_SETTINGS
+        values = {f.name: getattr(update, f.name) for f in fields(UpdateConfig)}
+        values |= {name: v for name, v in chosen.items() if values[name] is None}
+        return cls(**values, max_grad_norm=max_grad_norm, reinforce=not use_a2c)
 
 
 def compute_gae(

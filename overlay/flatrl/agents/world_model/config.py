@@ -1,4 +1,8 @@
-"""Run configuration and its validation (every check runs before anything is built).
+"""Run configuration: nested sections, one field per CLI flag, and their validation.
+
+Each field is declared once, here, with its default, its help text and (where a range applies)
+its rule; `cli.py` generates the command line from these fields, so a new option is one new
+field. Every check runs in `validate`, before anything is built.
 
 One *epoch* is one rollout of `n_steps` vector steps in each of the `env_batch_number`
 environments (n_steps x n_envs env steps) followed by `update_epochs` passes over it in
@@ -15,7 +19,9 @@ clip; asking for rollout reuse, a clip or a GAE lambda there is refused.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import Field, dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -25,68 +31,167 @@ from flatrl.runtime import resolve_device
 from .envs import EnvSpec, auto_env_count, describe_env
 
 SAM_SCOPES = ("memory", "all", "vision", "controller", "world_model")
-# SAMConfig reports errors under the names the user typed.
-SAM_FLAGS = {
-    "rho": "--sam-rho",
-    "adaptive": "--sam-adaptive",
-    "every_k": "--sam-every",
-    "scope": "--sam-scope",
-    "clip_grad_norm": "--max-grad-norm",
-}
+OPTIMIZERS = ("adam", "sam")
 # What --use-a2c uses when the flag is not given; REINFORCE (no --use-a2c) takes no such settings.
 A2C_DEFAULTS = {"gae_lambda": 0.95, "update_epochs": 4, "clip_range": 0.2}
+REINFORCE_SETTINGS = {"gae_lambda": 1.0, "update_epochs": 1, "clip_range": 0.0}
+
+# A rule is (what the value must be, test that is true for a bad value); validate() reports
+# "<flag> must be <what>, got <value>." The tests are written as the failing condition so that
+# a value is refused exactly when it always was.
+Rule = tuple[str, Callable[[Any], bool]]
+AT_LEAST_1: Rule = (">= 1", lambda v: v < 1)
+NON_NEGATIVE: Rule = (">= 0", lambda v: v < 0)
+POSITIVE: Rule = ("> 0", lambda v: v <= 0)
+UNIT_INTERVAL: Rule = ("in [0, 1]", lambda v: not 0 <= v <= 1)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    rule: Rule | None = None,
+    choices: tuple[str, ...] | None = None,
+    const: str | None = None,
+    sam: str | None = None,
+) -> Any:
+    """A config field that is also a CLI flag (`--field-name`; `--no-field-name` for a bool that
+    defaults to True). `const` makes the value optional on the command line (`--resume [PATH]`);
+    `sam` names the SAMConfig field it feeds."""
+    meta = {"help": help, "rule": rule, "choices": choices, "const": const, "sam": sam}
+    return field(default=default, metadata=meta)
+
+
+def flag(f: Field) -> str:
+    """The flag of a field: what the user types, and what every error message names."""
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if f.default is True else f"--{name}"
 
 
 @dataclass
-class TrainConfig:
-    """All CLI options. None means "the default for this kind of run" (see the properties)."""
+class EnvConfig:
+    """environment and rollouts"""
 
-    env_name: str = "CarRacing-v3"
-    max_epoch: int = 200
-    learning_rate: float = 1e-4
-    env_batch_number: str = "auto"
-    pretrain_vision: bool = False
-    pretrain_memory: bool = False
-    load_path: str = ""
-    save_path: str = "./saved_models/"
-    use_improved_controller: bool = False
-    use_a2c: bool = False
-    planning_horizon: int = 5
-    n_steps: int = 128
-    gamma: float = 0.99
-    gae_lambda: float | None = None
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    memory_coef: float = 0.1
-    max_grad_norm: float = 0.5
-    num_minibatches: int = 4
-    update_epochs: int | None = None
-    clip_range: float | None = None
-    plan_weight: float = 0.3
-    planning_start_epoch: int = 100
-    memory_window: int | None = None
-    memory_layers: int | None = None
-    z_dim: int | None = None
-    normalize_rewards: bool = True
-    optimizer: str = "adam"
-    sam_rho: float | None = None
-    sam_scope: str | None = None
-    sam_adaptive: bool = False
-    sam_every: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    resume: str | None = None
-    log_dir: str = "runs"
-    save_every: int = 10
-    max_env_steps: int | None = None
-    eval_episodes: int = 0
-    progress: bool = True
-    spec: EnvSpec | None = field(default=None, repr=False)
+    env_name: str = option("CarRacing-v3", "gymnasium environment id")
+    env_batch_number: str = option(
+        "auto", "parallel envs: 'auto' (16 for vector, 4 for image envs) or an int"
+    )
+    n_steps: int = option(128, "steps per env in one rollout (one epoch)", rule=AT_LEAST_1)
+    normalize_rewards: bool = option(
+        True,
+        "train on raw rewards instead of rewards / running std of the return (RL and "
+        "pre-training alike)",
+    )
+
+
+@dataclass
+class AgentConfig:
+    """controller, algorithm and model sizes"""
+
+    use_improved_controller: bool = option(
+        False,
+        "MLP policy and value networks that blend in the planner; without it: the legacy "
+        "linear layers, no planning",
+    )
+    use_a2c: bool = option(
+        False,
+        "A2C with GAE and bootstrapped returns (rollouts reused, see --update-epochs); "
+        "without it: REINFORCE with a value baseline (Monte-Carlo returns, no bootstrapping, one "
+        "pass per rollout, no clip)",
+    )
+    memory_window: int | None = option(
+        None, "history length of the transformer (8 vector, 16 image)", rule=AT_LEAST_1
+    )
+    memory_layers: int | None = option(
+        None, "transformer layers (1 vector, 2 image)", rule=AT_LEAST_1
+    )
+    z_dim: int | None = option(None, "latent size (32 vector, 64 image)")
+
+
+@dataclass
+class PlanningConfig:
+    """planning"""
+
+    planning_horizon: int = option(
+        5,
+        "imagined steps per planned action; 0 turns planning off",
+        rule=(">= 0 (0 turns planning off)", lambda v: v < 0),
+    )
+    plan_weight: float = option(
+        0.3, "share of the planner in the blended policy (default 0.3)", rule=UNIT_INTERVAL
+    )
+    planning_start_epoch: int = option(
+        100,
+        "act with the policy alone before this epoch (a planner on an untrained world "
+        "model only adds noise); evaluation always plans",
+        rule=NON_NEGATIVE,
+    )
+
+
+@dataclass
+class UpdateConfig:
+    """update hyperparameters (None: the algorithm's choice, see A2C_DEFAULTS)"""
+
+    gamma: float = option(0.99, "discount", rule=("in (0, 1]", lambda v: not 0 < v <= 1))
+    gae_lambda: float | None = option(
+        None, "GAE lambda, --use-a2c only (default 0.95)", rule=UNIT_INTERVAL
+    )
+    value_coef: float = option(0.5, "weight of the value loss", rule=NON_NEGATIVE)
+    entropy_coef: float = option(0.01, "weight of the entropy bonus", rule=NON_NEGATIVE)
+    memory_coef: float = option(
+        0.1, "weight of the memory (next latent) and reward losses", rule=NON_NEGATIVE
+    )
+    num_minibatches: int = option(4, "gradient steps per pass over a rollout", rule=AT_LEAST_1)
+    update_epochs: int | None = option(
+        None,
+        "passes over each rollout: 4 with --use-a2c (1, with --num-minibatches 1 and "
+        "--clip-range 0: plain A2C); REINFORCE takes exactly 1",
+        rule=AT_LEAST_1,
+    )
+    clip_range: float | None = option(
+        None,
+        "PPO ratio clip for the steps after the first on a rollout, --use-a2c only "
+        "(default 0.2; 0: none)",
+        rule=("in [0, 1) (0: plain A2C surrogate)", lambda v: not 0 <= v < 1),
+    )
+
+
+@dataclass
+class OptimConfig:
+    """optimizer; the sam_* fields apply with --optimizer sam only"""
+
+    optimizer: str = option("adam", "adam, or SAM around adam", choices=OPTIMIZERS)
+    learning_rate: float = option(1e-4, "Adam learning rate", rule=POSITIVE)
+    max_grad_norm: float = option(
+        0.5, "clip the update's gradient to this total norm", rule=POSITIVE, sam="clip_grad_norm"
+    )
+    sam_rho: float | None = option(
+        None,
+        "SAM radius, >= 0 (default 0.05; 0: a zero-radius SAM step, which still takes the "
+        "second pass and updates exactly as Adam does)",
+        sam="rho",
+    )
+    sam_scope: str | None = option(
+        None,
+        "parameters SAM perturbs (default memory: the dynamics model)",
+        choices=SAM_SCOPES,
+        sam="scope",
+    )
+    sam_adaptive: bool = option(
+        False, "ASAM: scale the perturbation element-wise by |w|", sam="adaptive"
+    )
+    sam_every: int | None = option(
+        None, "a SAM step on every k-th update, plain Adam steps between (default 1)", sam="every_k"
+    )
 
     @property
     def scope(self) -> str:
         """Parameters SAM perturbs: the memory (dynamics model) unless --sam-scope says."""
         return "memory" if self.sam_scope is None else self.sam_scope
+
+    def sam_given(self) -> list[str]:
+        """The flags of the sam_* fields set away from their defaults."""
+        return [flag(f) for f in fields(self) if f.name.startswith("sam_") and _changed(self, f)]
 
     def sam_config(self) -> SAMConfig:
         """The SAM settings (raises SAMConfigError, a ValueError, naming the flag at fault)."""
@@ -96,54 +201,132 @@ class TrainConfig:
             every_k=1 if self.sam_every is None else self.sam_every,
             scope=self.scope,
             clip_grad_norm=self.max_grad_norm,
-            names=SAM_FLAGS,
+            names={f.metadata["sam"]: flag(f) for f in fields(self) if f.metadata["sam"]},
         )
         config.check_scope(SAM_SCOPES, "--sam-scope")
         return config
 
-    def resolved(self, name: str) -> float:
-        """gae_lambda / update_epochs / clip_range: the flag if given, else the algorithm's.
 
-        REINFORCE (no --use-a2c) has Monte-Carlo returns (lambda 1), one pass, no clip.
-        """
-        value = getattr(self, name)
-        if value is not None:
-            return value
-        reinforce = {"gae_lambda": 1.0, "update_epochs": 1, "clip_range": 0.0}
-        return A2C_DEFAULTS[name] if self.use_a2c else reinforce[name]
+@dataclass
+class RunConfig:
+    """run: stage, budget, files, device"""
+
+    pretrain_vision: bool = option(False, "pre-train the vision model on random rollouts")
+    pretrain_memory: bool = option(
+        False, "pre-train the memory and reward predictor on random rollouts"
+    )
+    max_epoch: int = option(200, "epochs to train (rollout + update each)", rule=AT_LEAST_1)
+    max_env_steps: int | None = option(None, "stop early at this many env steps", rule=AT_LEAST_1)
+    seed: int = option(0, "random seed of the networks, the updates and the environments")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    load_path: str = option("", "start from the weights in this file (pre-training or a run)")
+    save_path: str = option("./saved_models/", "checkpoint directory (prefix of file names)")
+    resume: str | None = option(
+        None,
+        "continue from a checkpoint (default: <save-path>/last_<env>_<controller>_"
+        "<algorithm>_<optimizer>_s<seed>.pt); with environments that can be saved "
+        "(e.g. CartPole) the continued run is exactly the uninterrupted one",
+        const="auto",
+    )
+    log_dir: str = option("runs", "TensorBoard root (runs/)")
+    save_every: int = option(10, "periodic checkpoint, epochs", rule=AT_LEAST_1)
+    eval_episodes: int = option(
+        0, "deterministic evaluation episodes after training (0: none)", rule=NON_NEGATIVE
+    )
+    progress: bool = option(True, "hide the progress bar")
+
+
+# attribute name on TrainConfig -> section class, in --help order
+SECTIONS: dict[str, type] = {
+    "env": EnvConfig,
+    "agent": AgentConfig,
+    "planning": PlanningConfig,
+    "update": UpdateConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
+# flat field name -> its section, for the old flat spelling `cfg.max_grad_norm` (read only)
+FIELD_SECTION = {f.name: name for name, cls in SECTIONS.items() for f in fields(cls)}
+assert len(FIELD_SECTION) == sum(len(fields(c)) for c in SECTIONS.values()), "names must differ"
+
+
+def _changed(section: Any, f: Field) -> bool:
+    return getattr(section, f.name) != f.default
+
+
+@dataclass
+class TrainConfig:
+    """All options, by section (`cfg.optim.sam_rho`). `cfg.sam_rho` reads the same field; set
+    it through its section. None means "the default for this kind of run" (see the properties).
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    planning: PlanningConfig = field(default_factory=PlanningConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    spec: EnvSpec | None = field(default=None, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # only called when normal lookup fails: the flat names of the fields
+        section = FIELD_SECTION.get(name)
+        if section is None or section not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return getattr(self.__dict__[section], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in FIELD_SECTION:
+            raise AttributeError(f"set cfg.{FIELD_SECTION[name]}.{name}, not cfg.{name}")
+        super().__setattr__(name, value)
+
+    def options(self) -> Iterator[tuple[Any, Field]]:
+        """(section, field) of every option, in --help order."""
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                yield section, f
+
+    def sam_config(self) -> SAMConfig:
+        return self.optim.sam_config()
+
+    @property
+    def algorithm(self) -> str:
+        return "a2c" if self.agent.use_a2c else "reinforce"
+
+    @property
+    def pretraining(self) -> bool:
+        return self.run.pretrain_vision or self.run.pretrain_memory
 
     @property
     def num_envs(self) -> int:
         assert self.spec is not None
-        if self.env_batch_number == "auto":
+        if self.env.env_batch_number == "auto":
             return auto_env_count(self.spec)
-        return int(self.env_batch_number)
+        return int(self.env.env_batch_number)
+
+    def _by_obs_kind(self, value: int | None, vector: int, image: int) -> int:
+        assert self.spec is not None
+        if value is not None:
+            return value
+        return image if self.spec.obs_kind == "image" else vector
 
     @property
     def resolved_window(self) -> int:
         """Auto: 8 steps of history for vector envs (CartPole needs little), 16 for images."""
-        assert self.spec is not None
-        if self.memory_window is not None:
-            return self.memory_window
-        return 16 if self.spec.obs_kind == "image" else 8
+        return self._by_obs_kind(self.agent.memory_window, 8, 16)
 
     @property
     def resolved_layers(self) -> int:
         """Auto: 1 transformer layer for vector envs, 2 for images."""
-        assert self.spec is not None
-        if self.memory_layers is not None:
-            return self.memory_layers
-        return 2 if self.spec.obs_kind == "image" else 1
+        return self._by_obs_kind(self.agent.memory_layers, 1, 2)
 
     @property
     def resolved_z_dim(self) -> int:
-        assert self.spec is not None
-        if self.z_dim is not None:
-            return self.z_dim
-        return 64 if self.spec.obs_kind == "image" else 32
+        return self._by_obs_kind(self.agent.z_dim, 32, 64)
 
     def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
+        return resolve_device(self.run.device)
 
     def run_tag(self) -> str:
         """What tells runs apart: env, controller, algorithm, optimizer and seed.
@@ -151,18 +334,19 @@ class TrainConfig:
         Checkpoint names and TensorBoard run names carry it, so concurrent runs that differ in
         any of these never write the same file.
         """
-        ctrl = "improved" if self.use_improved_controller else "legacy"
-        algo = "a2c" if self.use_a2c else "reinforce"
-        return f"{self.env_name}_{ctrl}_{algo}_{self.optimizer}_s{self.seed}"
+        ctrl = "improved" if self.agent.use_improved_controller else "legacy"
+        return (
+            f"{self.env.env_name}_{ctrl}_{self.algorithm}_{self.optim.optimizer}_s{self.run.seed}"
+        )
 
     def checkpoint_path(self, kind: str) -> str:
         """`<save-path>/<kind>_<run tag>.pt` (kind: best or last)."""
-        return os.path.join(self.save_path, f"{kind}_{self.run_tag()}.pt")
+        return os.path.join(self.run.save_path, f"{kind}_{self.run_tag()}.pt")
 
     def resume_path(self) -> str | None:
-        if self.resume is None:
+        if self.run.resume is None:
             return None
-        return self.checkpoint_path("last") if self.resume == "auto" else self.resume
+        return self.checkpoint_path("last") if self.run.resume == "auto" else self.run.resume
 
 
 def _fail(msg: str) -> None:
@@ -171,114 +355,86 @@ def _fail(msg: str) -> None:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check every option, resolve the env spec, and return cfg; raises one ValueError."""
-    positive = {
-        "--max-epoch": cfg.max_epoch,
-        "--n-steps": cfg.n_steps,
-        "--num-minibatches": cfg.num_minibatches,
-        "--update-epochs": 1 if cfg.update_epochs is None else cfg.update_epochs,
-        "--save-every": cfg.save_every,
-        "--memory-window": 1 if cfg.memory_window is None else cfg.memory_window,
-        "--memory-layers": 1 if cfg.memory_layers is None else cfg.memory_layers,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            _fail(f"{flag} must be >= 1, got {value}.")
-    if cfg.learning_rate <= 0:
-        _fail(f"--learning-rate must be > 0, got {cfg.learning_rate}.")
-    if cfg.planning_start_epoch < 0:
-        _fail(f"--planning-start-epoch must be >= 0, got {cfg.planning_start_epoch}.")
-    if cfg.planning_horizon < 0:
-        _fail(
-            f"--planning-horizon must be >= 0 (0 turns planning off), got {cfg.planning_horizon}."
-        )
-    if not 0 < cfg.gamma <= 1:
-        _fail(f"--gamma must be in (0, 1], got {cfg.gamma}.")
-    if cfg.gae_lambda is not None and not 0 <= cfg.gae_lambda <= 1:
-        _fail(f"--gae-lambda must be in [0, 1], got {cfg.gae_lambda}.")
-    for flag, value in {
-        "--value-coef": cfg.value_coef,
-        "--entropy-coef": cfg.entropy_coef,
-        "--memory-coef": cfg.memory_coef,
-        "--eval-episodes": cfg.eval_episodes,
-    }.items():
-        if value < 0:
-            _fail(f"{flag} must be >= 0, got {value}.")
-    if cfg.clip_range is not None and not 0 <= cfg.clip_range < 1:
-        _fail(f"--clip-range must be in [0, 1) (0: plain A2C surrogate), got {cfg.clip_range}.")
-    if cfg.max_grad_norm <= 0:
-        _fail(f"--max-grad-norm must be > 0, got {cfg.max_grad_norm}.")
-    if not 0 <= cfg.plan_weight <= 1:
-        _fail(f"--plan-weight must be in [0, 1], got {cfg.plan_weight}.")
-    if cfg.max_env_steps is not None and cfg.max_env_steps < 1:
-        _fail(f"--max-env-steps must be >= 1, got {cfg.max_env_steps}.")
-    if cfg.env_batch_number != "auto":
+    for section, f in cfg.options():
+        value, rule = getattr(section, f.name), f.metadata["rule"]
+        if rule is not None and value is not None and rule[1](value):
+            _fail(f"{flag(f)} must be {rule[0]}, got {value}.")
+    _check_choices(cfg)
+    _check_combinations(cfg)
+    _check_files(cfg)
+    return cfg
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    """Values with a fixed set of spellings, and the SAM settings as SAMConfig sees them."""
+    batch = cfg.env.env_batch_number
+    if batch != "auto":
         try:
-            n = int(cfg.env_batch_number)
+            n = int(batch)
         except ValueError:
             n = 0
         if n < 1:
-            _fail(
-                "--env-batch-number must be 'auto' or an integer >= 1, "
-                f"got {cfg.env_batch_number!r}."
-            )
-    if cfg.optimizer not in ("adam", "sam"):
-        _fail(f"--optimizer must be adam or sam, got {cfg.optimizer!r}.")
-    sam_flags = {
-        "--sam-rho": cfg.sam_rho is not None,
-        "--sam-scope": cfg.sam_scope is not None,
-        "--sam-adaptive": cfg.sam_adaptive,
-        "--sam-every": cfg.sam_every is not None,
-    }
-    given = [flag for flag, set_ in sam_flags.items() if set_]
-    if cfg.optimizer != "sam" and given:
+            _fail(f"--env-batch-number must be 'auto' or an integer >= 1, got {batch!r}.")
+    if cfg.optim.optimizer not in OPTIMIZERS:
+        _fail(f"--optimizer must be adam or sam, got {cfg.optim.optimizer!r}.")
+    given = cfg.optim.sam_given()
+    if cfg.optim.optimizer != "sam" and given:
         _fail(
             f"{'/'.join(given)} only apply with --optimizer sam; add --optimizer sam or drop them."
         )
-    if cfg.optimizer == "sam":
-        cfg.sam_config()  # SAMConfigError (a ValueError) names the flag and a fix
+    if cfg.optim.optimizer == "sam":
+        cfg.optim.sam_config()  # SAMConfigError (a ValueError) names the flag and a fix
     try:
-        resolve_device(cfg.device)
+        resolve_device(cfg.run.device)
     except ValueError as err:
-        _fail(f"--device {cfg.device}: {err}")
-    if cfg.pretrain_vision and cfg.pretrain_memory:
+        _fail(f"--device {cfg.run.device}: {err}")
+
+
+def _check_combinations(cfg: TrainConfig) -> None:
+    """Flags that contradict each other: pre-training stages, REINFORCE vs A2C, resume."""
+    run, update = cfg.run, cfg.update
+    if run.pretrain_vision and run.pretrain_memory:
         _fail(
             "--pretrain-vision and --pretrain-memory are separate stages; "
             "run them one after the other."
         )
-    pretrain = cfg.pretrain_vision or cfg.pretrain_memory
-    if pretrain and cfg.use_a2c:
+    if cfg.pretraining and cfg.agent.use_a2c:
         _fail(
             "--use-a2c trains the controller end to end; "
             "drop it for --pretrain-vision/--pretrain-memory."
         )
     a2c_only = {
-        "--gae-lambda": cfg.gae_lambda is not None,
-        "--clip-range": cfg.clip_range is not None and cfg.clip_range > 0,
-        "--update-epochs": cfg.update_epochs is not None and cfg.update_epochs > 1,
+        "--gae-lambda": update.gae_lambda is not None,
+        "--clip-range": update.clip_range is not None and update.clip_range > 0,
+        "--update-epochs": update.update_epochs is not None and update.update_epochs > 1,
     }
-    asked = [flag for flag, set_ in a2c_only.items() if set_]
-    if asked and pretrain:
-        _fail(f"{'/'.join(asked)} tune the RL update; pre-training does not use them, drop them.")
-    if asked and not cfg.use_a2c:
+    asked = "/".join(name for name, set_ in a2c_only.items() if set_)
+    if asked and cfg.pretraining:
+        _fail(f"{asked} tune the RL update; pre-training does not use them, drop them.")
+    if asked and not cfg.agent.use_a2c:
         _fail(
-            f"{'/'.join(asked)} need --use-a2c: without it the update is REINFORCE with a value "
+            f"{asked} need --use-a2c: without it the update is REINFORCE with a value "
             "baseline (Monte-Carlo returns, one pass per rollout, no clip). Add --use-a2c or drop "
-            f"{'/'.join(asked)}."
+            f"{asked}."
         )
-    if pretrain and cfg.resume is not None:
+    if cfg.pretraining and run.resume is not None:
         _fail("--resume continues an RL run; pre-training stages are short, rerun them instead.")
-    if cfg.resume is not None and cfg.load_path:
+    if run.resume is not None and run.load_path:
         _fail("--resume restores the whole run (weights, optimizer, counters); drop --load-path.")
-    if cfg.load_path and not os.path.isfile(cfg.load_path):
-        _fail(f"--load-path {cfg.load_path!r} does not exist.")
-    cfg.spec = describe_env(cfg.env_name)
-    if cfg.pretrain_memory and cfg.spec.obs_kind == "image" and not cfg.load_path:
+
+
+def _check_files(cfg: TrainConfig) -> None:
+    """The environment exists (sets cfg.spec) and the files to read are there."""
+    run, env_name = cfg.run, cfg.env.env_name
+    if run.load_path and not os.path.isfile(run.load_path):
+        _fail(f"--load-path {run.load_path!r} does not exist.")
+    cfg.spec = describe_env(env_name)
+    if run.pretrain_memory and cfg.spec.obs_kind == "image" and not run.load_path:
         _fail(
-            f"--pretrain-memory on the image env {cfg.env_name} needs a pre-trained VQ-VAE: run "
+            f"--pretrain-memory on the image env {env_name} needs a pre-trained VQ-VAE: run "
             "--pretrain-vision first and pass "
-            f"--load-path {cfg.save_path}pretrainedV_{cfg.env_name}.pt."
+            f"--load-path {run.save_path}pretrainedV_{env_name}.pt."
         )
     resume = cfg.resume_path()
     if resume is not None and not os.path.isfile(resume):
         _fail(f"--resume: no checkpoint at {resume!r}; train once with --save-path first.")
-    return cfg

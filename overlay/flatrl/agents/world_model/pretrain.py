@@ -52,35 +52,36 @@ def _memory_loss(
 def pretrain(cfg: TrainConfig) -> str:
     """Run the stage the flags ask for; returns the path of the file it wrote."""
     assert cfg.spec is not None, "call config.validate(cfg) first"
-    seed_everything(cfg.seed)
+    env_name, run = cfg.env.env_name, cfg.run
+    seed_everything(run.seed)
     device = cfg.torch_device()
     model = WorldModel(cfg.spec, model_config(cfg)).to(device)
-    stage = "vision" if cfg.pretrain_vision else "memory"
-    if cfg.load_path:
-        parts = checkpoint.load_weights(model, cfg.load_path, cfg.env_name)
-        tqdm.write(f"loaded {', '.join(parts)} from {cfg.load_path}")
+    stage = "vision" if run.pretrain_vision else "memory"
+    if run.load_path:
+        parts = checkpoint.load_weights(model, run.load_path, env_name)
+        tqdm.write(f"loaded {', '.join(parts)} from {run.load_path}")
         if stage == "memory" and "vision" in parts:
             model.vision.requires_grad_(False)
     trained = [model.vision] if stage == "vision" else [model.memory, model.reward_predictor]
     if stage == "memory" and any(p.requires_grad for p in model.vision.parameters()):
         trained.append(model.vision)
     params = [p for m in trained for p in m.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    envs = make_vector_env(cfg.env_name, cfg.num_envs, cfg.seed)
+    optimizer = torch.optim.Adam(params, lr=cfg.optim.learning_rate)
+    envs = make_vector_env(env_name, cfg.num_envs, run.seed)
     # The reward predictor learns the same reward scale RL will train it on (raw with
     # --no-normalize-rewards, else reward / running std of the return).
     collector = RolloutCollector(
-        envs, model, cfg.n_steps, device, cfg.seed, cfg.gamma, cfg.normalize_rewards
+        envs, model, cfg.env.n_steps, device, run.seed, cfg.update.gamma, cfg.env.normalize_rewards
     )
-    writer = SummaryWriter(os.path.join(cfg.log_dir, f"pretrain-{stage}_{run_name(cfg)}"))
+    writer = SummaryWriter(os.path.join(run.log_dir, f"pretrain-{stage}_{run_name(cfg)}"))
     try:
-        for epoch in tqdm(range(1, cfg.max_epoch + 1), disable=not cfg.progress, desc=stage):
+        for epoch in tqdm(range(1, run.max_epoch + 1), disable=not run.progress, desc=stage):
             rollout = collector.collect(random_policy=True)
             z_all, tok_all = encode_rollout(model, rollout)
             t_idx, e_idx = rollout.valid.nonzero(as_tuple=True)
             perm = torch.randperm(t_idx.numel()).to(t_idx.device)
             sums: dict[str, float] = {}
-            chunks = perm.chunk(cfg.num_minibatches)
+            chunks = perm.chunk(cfg.update.num_minibatches)
             for mb in chunks:
                 t, e = t_idx[mb], e_idx[mb]
                 if stage == "vision":
@@ -89,7 +90,7 @@ def pretrain(cfg: TrainConfig) -> str:
                     parts = _memory_loss(model, rollout, t, e, z_all, tok_all)
                 optimizer.zero_grad(set_to_none=True)
                 parts["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm * 20)
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm * 20)
                 optimizer.step()
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(chunks)
@@ -100,8 +101,8 @@ def pretrain(cfg: TrainConfig) -> str:
         writer.close()
         envs.close()
     name = "pretrainedV" if stage == "vision" else "pretrainedVM"
-    path = os.path.join(cfg.save_path, f"{name}_{cfg.env_name}.pt")
-    payload = {"kind": name, "env_name": cfg.env_name, "model_config": asdict(model.cfg)}
+    path = os.path.join(run.save_path, f"{name}_{env_name}.pt")
+    payload = {"kind": name, "env_name": env_name, "model_config": asdict(model.cfg)}
     payload["vision"] = model.vision.state_dict()
     if stage == "memory":
         payload["memory"] = model.memory.state_dict()

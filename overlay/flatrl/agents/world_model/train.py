@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,34 +47,28 @@ class TrainResult:
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The network sizes and planning settings (saved in checkpoints; see world_model.py)."""
     return ModelConfig(
         z_dim=cfg.resolved_z_dim,
         memory_window=cfg.resolved_window,
         memory_layers=cfg.resolved_layers,
-        improved_controller=cfg.use_improved_controller,
-        planning_horizon=cfg.planning_horizon,
-        plan_weight=cfg.plan_weight,
-        gamma=cfg.gamma,
+        improved_controller=cfg.agent.use_improved_controller,
+        planning_horizon=cfg.planning.planning_horizon,
+        plan_weight=cfg.planning.plan_weight,
+        gamma=cfg.update.gamma,
     )
 
 
 def a2c_config(cfg: TrainConfig) -> A2CConfig:
-    """The update's fields of the run's config, taken by name so the two cannot drift apart.
-
-    Without --use-a2c the update is REINFORCE with a baseline: Monte-Carlo returns without
-    bootstrapping, one pass per rollout, no clip (config.validate refuses flags asking for more).
-    """
-    shared = {f.name: getattr(cfg, f.name) for f in fields(A2CConfig) if hasattr(cfg, f.name)}
-    for name in ("gae_lambda", "update_epochs", "clip_range"):
-        shared[name] = cfg.resolved(name)
-    shared["reinforce"] = not cfg.use_a2c
-    return A2CConfig(**shared)
+    """The update section with the algorithm's settings filled in (A2C with --use-a2c, else
+    REINFORCE with a baseline: Monte-Carlo returns, one pass per rollout, no clip)."""
+    return A2CConfig.from_options(cfg.update, cfg.agent.use_a2c, cfg.optim.max_grad_norm)
 
 
 def build_optimizer(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam, or flatrl.optim.SAM around Adam perturbing only --sam-scope (memory by default)."""
-    adam = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    if cfg.optimizer == "adam":
+    adam = torch.optim.Adam(model.parameters(), lr=cfg.optim.learning_rate, eps=1e-5)
+    if cfg.optim.optimizer == "adam":
         return adam
     scopes = {
         "all": None,
@@ -87,7 +81,7 @@ def build_optimizer(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimize
             *model.reward_predictor.parameters(),
         ],
     }
-    return SAM.from_config(adam, cfg.sam_config(), scope=scopes[cfg.scope])
+    return SAM.from_config(adam, cfg.optim.sam_config(), scope=scopes[cfg.optim.scope])
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -95,48 +89,57 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{cfg.run_tag()}_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}"
 
 
-def algorithm(cfg: TrainConfig) -> str:
-    return "a2c" if cfg.use_a2c else "reinforce"
+def _resume(
+    cfg: TrainConfig, model: WorldModel, optimizer: torch.optim.Optimizer, device: torch.device
+) -> dict | None:
+    """--resume: the saved run state, its weights and optimizer state already loaded (after
+    checking that the checkpoint fits this model, optimizer and algorithm); None without it."""
+    path = cfg.resume_path()
+    if path is None:
+        return None
+    state = checkpoint.load(path, device)
+    checkpoint.check_compatible(state, model.cfg, cfg.env.env_name, path)
+    checkpoint.check_resumable(state, cfg.optim.optimizer, cfg.algorithm, path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Train until --max-epoch (or --max-env-steps); see config.py for what an epoch is."""
     assert cfg.spec is not None, "call config.validate(cfg) first"
+    env, run = cfg.env, cfg.run
     start_time = time.time()
-    seed_everything(cfg.seed)
+    seed_everything(run.seed)
     device = cfg.torch_device()
     model = WorldModel(cfg.spec, model_config(cfg)).to(device)
-    if cfg.load_path:
-        parts = checkpoint.load_weights(model, cfg.load_path, cfg.env_name)
-        tqdm.write(f"loaded {', '.join(parts)} from {cfg.load_path}")
+    if run.load_path:
+        parts = checkpoint.load_weights(model, run.load_path, env.env_name)
+        tqdm.write(f"loaded {', '.join(parts)} from {run.load_path}")
     optimizer = build_optimizer(model, cfg)
     epoch, env_steps, best = 0, 0, -float("inf")
-    log_dir = os.path.join(cfg.log_dir, run_name(cfg))
-    resume = cfg.resume_path()
-    state = None
-    if resume is not None:
-        state = checkpoint.load(resume, device)
-        checkpoint.check_compatible(state, model.cfg, cfg.env_name, resume)
-        checkpoint.check_resumable(state, cfg.optimizer, algorithm(cfg), resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    log_dir = os.path.join(run.log_dir, run_name(cfg))
+    state = _resume(cfg, model, optimizer, device)
+    if state is not None:
         epoch, env_steps, best = state["epoch"], state["env_steps"], state["best_reward"]
         log_dir = state["log_dir"]
     # Where the environments could not be saved (e.g. Box2D ones), a resumed run starts fresh
     # episodes, seeded apart from the episodes the first part of the run already played.
-    env_seed = cfg.seed + 7919 * epoch
-    envs = make_vector_env(cfg.env_name, cfg.num_envs, env_seed)
+    env_seed = run.seed + 7919 * epoch
+    envs = make_vector_env(env.env_name, cfg.num_envs, env_seed)
     collector = RolloutCollector(
-        envs, model, cfg.n_steps, device, env_seed, cfg.gamma, cfg.normalize_rewards
+        envs, model, env.n_steps, device, env_seed, cfg.update.gamma, env.normalize_rewards
     )
     if state is not None:
         exact = collector.load_state_dict(state["collector"])
         set_rng_state(state["rng"])  # last: building the run above drew from the generators
         how = "episodes in flight continue" if exact else "environments start fresh episodes"
-        tqdm.write(f"resumed from {resume} at epoch {epoch} ({env_steps} env steps; {how})")
-    writer = SummaryWriter(log_dir=log_dir, purge_step=epoch if resume else None)
+        tqdm.write(
+            f"resumed from {cfg.resume_path()} at epoch {epoch} ({env_steps} env steps; {how})"
+        )
+    writer = SummaryWriter(log_dir=log_dir, purge_step=epoch if state is not None else None)
     hp = a2c_config(cfg)
-    steps_per_epoch = cfg.n_steps * cfg.num_envs
+    steps_per_epoch = env.n_steps * cfg.num_envs
     last_path = cfg.checkpoint_path("last")
 
     def save(path: str) -> None:
@@ -150,20 +153,20 @@ def train(cfg: TrainConfig) -> TrainResult:
                 best_reward=best,
                 collector=collector.state_dict(),
                 log_dir=log_dir,
-                env_name=cfg.env_name,
-                optimizer_name=cfg.optimizer,
-                algorithm=algorithm(cfg),
+                env_name=env.env_name,
+                optimizer_name=cfg.optim.optimizer,
+                algorithm=cfg.algorithm,
             ),
         )
 
-    bar = tqdm(total=cfg.max_epoch, initial=epoch, disable=not cfg.progress, desc=cfg.env_name)
+    bar = tqdm(total=run.max_epoch, initial=epoch, disable=not run.progress, desc=env.env_name)
     history: list[dict[str, float]] = []
     try:
-        while epoch < cfg.max_epoch:
-            if cfg.max_env_steps is not None and env_steps + steps_per_epoch > cfg.max_env_steps:
+        while epoch < run.max_epoch:
+            if run.max_env_steps is not None and env_steps + steps_per_epoch > run.max_env_steps:
                 break  # a budget is a cap: never start an epoch that would overrun it
             t0 = time.time()
-            rollout = collector.collect(plan=epoch >= cfg.planning_start_epoch)
+            rollout = collector.collect(plan=epoch >= cfg.planning.planning_start_epoch)
             env_steps += steps_per_epoch
             metrics = a2c_update(model, optimizer, rollout, hp)
             epoch += 1
@@ -176,7 +179,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             if mean_reward is not None and mean_reward > best:
                 best = mean_reward
                 save(cfg.checkpoint_path("best"))
-            if epoch % cfg.save_every == 0:
+            if epoch % run.save_every == 0:
                 save(last_path)
             bar.update(1)
             bar.set_postfix(
@@ -192,8 +195,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             last_path,
             history=history,
         )
-        if cfg.eval_episodes > 0:
-            result.eval_returns = evaluate(model, cfg.eval_episodes, cfg.seed + 10_000, device)
+        if run.eval_episodes > 0:
+            result.eval_returns = evaluate(model, run.eval_episodes, run.seed + 10_000, device)
             writer.add_scalar("eval/mean_return", float(np.mean(result.eval_returns)), epoch)
         result.seconds = time.time() - start_time
         return result
