@@ -1,7 +1,8 @@
 """Hydra entry point: ``python -m flatrl.agents.sac.train [overrides] [-m]``.
 
-The default config is ``sac_cheetah`` (Muon on actor and critic, cheetah-run); ``sac_dmc``
-holds every knob with its default. Examples::
+The default config is ``sac_cheetah`` (Muon on actor and critic, cheetah-run), built on
+``sac_dmc``, which composes the structured config of :mod:`flatrl.agents.sac.settings` (every
+key with its type, default and meaning). Examples::
 
     python -m flatrl.agents.sac.train method_name=SAC_AdamW \\
         training.actor_optimizer.case=adamw training.critic_optimizer.case=adamw
@@ -9,8 +10,9 @@ holds every knob with its default. Examples::
         method_name='SAC_${training.actor_optimizer.case}_${training.critic_optimizer.case}' \\
         training.actor_optimizer.case=adamw,muon training.critic_optimizer.case=adamw,muon
 
-The whole config is validated before anything is built, so a bad value fails in seconds on
-the login node rather than hours later on a GPU node.
+The whole config is type-checked (by OmegaConf, at composition) and validated (by
+:class:`~flatrl.agents.sac.settings.Settings`) before anything is built, so a bad value fails in
+seconds on the login node rather than hours later on a GPU node.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from flatrl.agents.sac.checkpoint import (
 )
 from flatrl.agents.sac.env import DMCEnv
 from flatrl.agents.sac.sac import SACAgent
-from flatrl.agents.sac.settings import Settings
+from flatrl.agents.sac.settings import Settings, with_defaults
 from flatrl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Trainer:
     def load(self, state: dict[str, Any]) -> None:
         diffs = [
             d
-            for d in config_differences(state["config"], self.config)
+            for d in config_differences(with_defaults(state["config"]), with_defaults(self.config))
             if not d.startswith(RESUME_FREE_KEYS)
         ]
         if diffs:
