@@ -156,7 +156,7 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
     one_hot = [ctrl.action_input(torch.full((num_envs,), a)) for a in (0, 1)]
     horizons = (1, 2, 3, 5)
     rows: dict[str, list] = {"xdot": [], "thdot": [], "reward_share": [], "plan_ref": []}
-    rows |= {f"plan_ref_h{k}": [] for k in horizons} | {"true_next_ref": []}
+    rows |= {f"plan_ref_h{k}": [] for k in horizons} | {"true_next_ref": [], "repeat": []}
     for _ in range(steps):
         ctx.lengths = hist.clone()
         z = model.vision(model.obs_tensor(obs, device), with_loss=False).z
@@ -179,6 +179,16 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
             pm.horizon = k
             s_k = plan_discrete(z, h, ctrl.n_actions, pm, ctrl.value, ctrl.logits)
             rows[f"plan_ref_h{k}"].append(s_k.argmax(-1).numpy() == reference_action(obs))
+        # the imagined continuation (t >= 1, greedy policy on (z_hat_t, h_t held fixed)): how
+        # often it repeats the policy's greedy action at the real state, i.e. does not react
+        pol = ctrl.logits(z, h).argmax(-1)
+        for a in range(ctrl.n_actions):
+            zz = z
+            act = torch.full((num_envs,), a)
+            for _t in range(1, model.cfg.planning_horizon):
+                zz = model.memory.predict_next(zz, ctrl.action_input(act), h)
+                act = ctrl.logits(zz, h).argmax(-1)
+                rows["repeat"].append((act == pol).numpy())
         # horizon 1 with CartPole's true next state instead of the model's: V(z(o'_a), h)
         true_next = np.stack(
             [np.stack([copy.deepcopy(e).step(a)[0] for e in envs]) for a in range(ctrl.n_actions)]
@@ -203,6 +213,7 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
         "predicted_push_right_lowers_pole_velocity": float(cat["thdot"].mean()),
         "median_reward_term_share_of_score_gap": float(np.median(cat["reward_share"])),
         "planner_agrees_with_reference": float(cat["plan_ref"].mean()),
+        "imagined_steps_repeating_the_policy_action": float(cat["repeat"].mean()),
         "value_of_true_next_state_agrees_with_reference": float(cat["true_next_ref"].mean()),
     } | {
         f"horizon_{k}_agrees_with_reference": float(cat[f"plan_ref_h{k}"].mean()) for k in horizons
