@@ -129,6 +129,27 @@ def probe(model, plan_in_behaviour: bool, steps: int = 300, num_envs: int = 8, s
 
 
 @torch.no_grad()
+def plan_rolled_context(model, z, h, ctx, first: int) -> torch.Tensor:
+    """plan_discrete's score for one first action, with h recomputed at every imagined step
+    from the acting context (which already holds the real step's token) plus imagined tokens."""
+    ctrl, cfg = model.controller, model.cfg
+    tokens, lengths = ctx.tokens.clone(), ctx.lengths.clone()
+    act = torch.full((z.shape[0],), first)
+    ret = torch.zeros(z.shape[0])
+    for t in range(cfg.planning_horizon):
+        if t > 0:
+            act = ctrl.logits(z, h).argmax(-1)
+        a_in = ctrl.action_input(act)
+        ret = ret + cfg.gamma**t * model.reward_predictor(z, h, a_in)
+        z = model.memory.predict_next(z, a_in, h)
+        token = model.memory.token(z, a_in)
+        h = model.memory.hidden(tokens, token, lengths)
+        tokens = torch.cat([tokens[:, 1:], token.unsqueeze(1)], 1)
+        lengths = (lengths + 1).clamp(max=tokens.shape[1])
+    return ret + cfg.gamma**cfg.planning_horizon * ctrl.value(z, h)
+
+
+@torch.no_grad()
 def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
     """What the learned model says one step ahead, against CartPole's true one-step effect.
 
@@ -156,7 +177,11 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
     one_hot = [ctrl.action_input(torch.full((num_envs,), a)) for a in (0, 1)]
     horizons = (1, 2, 3, 5)
     rows: dict[str, list] = {"xdot": [], "thdot": [], "reward_share": [], "plan_ref": []}
-    rows |= {f"plan_ref_h{k}": [] for k in horizons} | {"true_next_ref": [], "repeat": []}
+    rows |= {f"plan_ref_h{k}": [] for k in horizons} | {
+        "true_next_ref": [],
+        "repeat": [],
+        "rolled_ref": [],
+    }
     for _ in range(steps):
         ctx.lengths = hist.clone()
         z = model.vision(model.obs_tensor(obs, device), with_loss=False).z
@@ -189,6 +214,12 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
                 zz = model.memory.predict_next(zz, ctrl.action_input(act), h)
                 act = ctrl.logits(zz, h).argmax(-1)
                 rows["repeat"].append((act == pol).numpy())
+        # the same planner, but with the memory context advanced through the imagined steps
+        # (token(z_hat, a) appended, h recomputed) instead of h_t held fixed
+        rolled = torch.stack(
+            [plan_rolled_context(model, z, h, ctx, a) for a in range(ctrl.n_actions)], -1
+        )
+        rows["rolled_ref"].append(rolled.argmax(-1).numpy() == reference_action(obs))
         # horizon 1 with CartPole's true next state instead of the model's: V(z(o'_a), h)
         true_next = np.stack(
             [np.stack([copy.deepcopy(e).step(a)[0] for e in envs]) for a in range(ctrl.n_actions)]
@@ -213,6 +244,7 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
         "predicted_push_right_lowers_pole_velocity": float(cat["thdot"].mean()),
         "median_reward_term_share_of_score_gap": float(np.median(cat["reward_share"])),
         "planner_agrees_with_reference": float(cat["plan_ref"].mean()),
+        "planner_with_advancing_context_agrees_with_reference": float(cat["rolled_ref"].mean()),
         "imagined_steps_repeating_the_policy_action": float(cat["repeat"].mean()),
         "value_of_true_next_state_agrees_with_reference": float(cat["true_next_ref"].mean()),
     } | {
