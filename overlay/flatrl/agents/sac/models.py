@@ -9,13 +9,14 @@ split: ``fcs.0`` is a network's first layer; the actor's last layer is its ``mea
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from flatrl.distributions import tanh_normal_log_prob
 
 NORMS = ("none", "layernorm", "l2")
 
@@ -132,10 +133,7 @@ class Actor(MLP):
         noise = torch.randn_like(mean)
         pre_tanh = mean + std * noise
         action = torch.tanh(pre_tanh)
-        gaussian_logp = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # log(1 - tanh(u)^2) in the numerically stable form 2 * (log 2 - u - softplus(-2u)).
-        correction = (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1)
-        return action, (gaussian_logp - correction).unsqueeze(-1)
+        return action, tanh_normal_log_prob(pre_tanh, mean, log_std, noise=noise).unsqueeze(-1)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
