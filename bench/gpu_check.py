@@ -191,7 +191,7 @@ def checks(tmp: Path, device: str) -> list[Check]:
                     *(("compile_cpu=true",) if device == "cpu" else ()),
                 ),
                 cwd=tmp,
-                timeout_s=420,
+                timeout_s=600,
             )
             for opt in ("Adam", "SAM", "Muon")
         ],

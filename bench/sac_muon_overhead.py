@@ -32,7 +32,7 @@ OBS_DIM, ACTION_DIM = 17, 6
 
 def make_agent(case: str, width: int, layers: int, device: str, edges: bool) -> SACAgent:
     # edges=False: Muon on the hidden matrices only (how the README's figure was measured);
-    # True: also on the first and last layers (the agent's default since the seed's ablation).
+    # True: also on the first and last layers (the agent's default).
     muon = {"apply_first_layer": edges, "apply_last_layer": edges}
     settings = load_settings(
         {

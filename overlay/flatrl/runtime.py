@@ -30,6 +30,18 @@ import torch
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
+def is_device_name(name: Any) -> bool:
+    """Whether ``name`` spells a device setting (``auto``, ``cpu``, ``cuda`` or ``cuda:N``).
+
+    Syntax only, so a config can be checked on a machine without the device (e.g. a SLURM login
+    node); :func:`resolve_device` then fails on the machine that lacks it.
+    """
+    text = str(name).strip().lower()
+    return text in ("auto", "cpu", "cuda") or (
+        text.startswith("cuda:") and text[len("cuda:") :].isdigit()
+    )
+
+
 def resolve_device(name: Any = "auto") -> torch.device:
     """Turn a device setting into a torch device; ``auto`` (or None) picks CUDA when present.
 

@@ -60,7 +60,7 @@ def test_muon_case_split_follows_toggles(first: bool, last: bool) -> None:
 
 
 def test_muon_covers_first_and_last_layers_unless_excluded() -> None:
-    """Defaults: Muon on the first and last layers (the seed's "exclude the heads" ablation
+    """Defaults: Muon on the first and last layers (the "exclude the heads" ablation
     sets apply_last_layer=false, so it must differ from the plain Muon run)."""
     muon = ("training.actor_optimizer.case=muon", "training.critic_optimizer.case=muon")
     default = _agent(*muon)

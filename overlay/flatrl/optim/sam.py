@@ -11,7 +11,11 @@ wrapper adds what RL training loops need:
 * ``scope``: perturb only a subset of parameters (e.g. a world model's dynamics). In-scope
   parameters get the gradient taken at the perturbed point, every other parameter keeps the
   gradient of the unperturbed pass, and a single base step updates them all. This is the
-  "where to apply SAM" ablation.
+  "where to apply SAM" ablation. The out-of-scope gradients of the second pass are never used,
+  so by default (``freeze_out_of_scope``) :meth:`step` does not compute them: during the
+  closure those parameters have ``requires_grad`` off, autograd skips their weight gradients and
+  the backward pass of whatever only they feed (an encoder upstream of perturbed dynamics).
+  Neither the loss nor any gradient that is used changes.
 * ``every_k``: a full SAM step only every k-th update, plain base steps in between (the closure
   is not called then), so the cost is about ``1 + 1/k`` forward-backward passes.
 * ``clip_grad_norm``: clipping applied to the gradient the base step uses, after the second
@@ -21,6 +25,7 @@ wrapper adds what RL training loops need:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,6 +40,8 @@ from flatrl.optim.sam_parts import (
     SAMReadings,
     Scope,
     WeightBackup,
+    distributed_run,
+    gradients_off,
     make_base_optimizer,
 )
 
@@ -60,6 +67,14 @@ class SAM(SAMReadings, DelegatingOptimizer):
         clip_grad_norm: if set, the total gradient norm over all parameters is clipped to this
             value right before every base step.
         eps: added to the gradient norm in the denominator of the perturbation scale.
+        freeze_out_of_scope: with a ``scope``, run the closure of :meth:`step` with the
+            out-of-scope parameters' ``requires_grad`` off (restored afterwards, also on an
+            error; user-frozen parameters stay frozen), so that the second pass computes only
+            the gradients the step uses. Skipped automatically while a ``torch.distributed``
+            process group is up: DDP's reducer expects a gradient for every parameter it wraps
+            in every backward pass. Set False if the closure needs those gradients itself (it
+            cannot: the base step uses the first pass's) or a distributed wrapper is used
+            without a process group.
         **base_kwargs: keyword arguments for ``base`` (e.g. ``lr=1e-3``).
 
     Notes:
@@ -83,6 +98,7 @@ class SAM(SAMReadings, DelegatingOptimizer):
         scope: Iterable[Tensor] | nn.Module | None = None,
         clip_grad_norm: float | None = None,
         eps: float = 1e-12,
+        freeze_out_of_scope: bool = True,
         **base_kwargs: Any,
     ) -> None:
         config = SAMConfig(
@@ -91,6 +107,12 @@ class SAM(SAMReadings, DelegatingOptimizer):
         self.config = config
         self.rho, self.adaptive, self.every_k = config.rho, config.adaptive, config.every_k
         self.clip_grad_norm, self.eps = config.clip_grad_norm, config.eps
+        if not isinstance(freeze_out_of_scope, bool):
+            raise TypeError(
+                f"SAM freeze_out_of_scope must be True or False, got {freeze_out_of_scope!r}."
+            )
+        #: Whether :meth:`step` computes no out-of-scope gradients in the second pass.
+        self.freeze_out_of_scope = freeze_out_of_scope
         self.base_optimizer = make_base_optimizer(params, base, base_kwargs)
         super().__init__(dict(self.base_optimizer.defaults))
         self._scope = Scope(scope, self.param_groups)
@@ -103,6 +125,7 @@ class SAM(SAMReadings, DelegatingOptimizer):
         optimizer: torch.optim.Optimizer,
         config: SAMConfig,
         scope: Iterable[Tensor] | nn.Module | None = None,
+        freeze_out_of_scope: bool = True,
     ) -> SAM:
         """Wrap ``optimizer`` with the settings of ``config`` (its ``scope`` name is resolved to
         parameters by the caller and passed as ``scope``)."""
@@ -114,6 +137,7 @@ class SAM(SAMReadings, DelegatingOptimizer):
             scope=scope,
             clip_grad_norm=config.clip_grad_norm,
             eps=config.eps,
+            freeze_out_of_scope=freeze_out_of_scope,
         )
 
     @torch.no_grad()
@@ -181,12 +205,29 @@ class SAM(SAMReadings, DelegatingOptimizer):
                 f"perturbed weights). Pass one, e.g.:\n{CLOSURE_HINT}"
             )
         self.first_step(zero_grad=True)
-        with self._w.restored_on_error(), torch.enable_grad():
+        with self._w.restored_on_error(), torch.enable_grad(), self.out_of_scope_frozen():
             perturbed = closure()
         self.second_step()
         self._step_calls += 1
         self._record(loss, perturbed)
         return self._last_perturbed
+
+    def out_of_scope_frozen(self) -> contextlib.AbstractContextManager[object]:
+        """The second pass's gradient switch: out-of-scope parameters take no gradient within.
+
+        :meth:`step` wraps its closure in it; with :meth:`first_step`/:meth:`second_step` by
+        hand, wrap the second forward-backward pass. A no-op without a scope, with
+        ``freeze_out_of_scope=False``, in a distributed run, or when no in-scope parameter had
+        a gradient at the last first step (the loss would then take no gradient at all).
+        """
+        if (
+            not self.freeze_out_of_scope
+            or not self._scope.restricted
+            or self._last_grad_norm is None
+            or distributed_run()
+        ):
+            return contextlib.nullcontext()
+        return gradients_off(self._scope.outside(self.param_groups))
 
     @property
     def is_sam_step(self) -> bool:
@@ -254,5 +295,6 @@ class SAM(SAMReadings, DelegatingOptimizer):
         return (
             f"SAM(rho={self.rho}, adaptive={self.adaptive}, every_k={self.every_k}, "
             f"scoped={self._scope.restricted}, clip_grad_norm={self.clip_grad_norm}, "
+            f"freeze_out_of_scope={self.freeze_out_of_scope}, "
             f"base={self.base_optimizer!r})"
         )

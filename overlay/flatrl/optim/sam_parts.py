@@ -2,6 +2,7 @@
 
 * :func:`make_base_optimizer`: the argument checks of ``SAM(params_or_optimizer, base=...)``;
 * :class:`Scope`: which parameters are perturbed, checked against the optimizer's;
+* :func:`gradients_off`: parameters that take no gradient in a block (SAM's second pass);
 * :class:`WeightBackup`: ``w`` while SAM stands at ``w + e``, and what puts it back;
 * :class:`SAMReadings`: the numbers of the last step, for logs.
 """
@@ -74,6 +75,12 @@ class Scope:
     def __contains__(self, p: Tensor) -> bool:
         return self.ids is None or id(p) in self.ids
 
+    def outside(self, param_groups: list[dict[str, Any]]) -> list[Tensor]:
+        """The optimizer's parameters that are not perturbed (none when the scope is everything)."""
+        if self.ids is None:
+            return []
+        return [p for group in param_groups for p in group["params"] if id(p) not in self.ids]
+
     def buckets(self, param_groups: list[dict[str, Any]]) -> list[list[Tensor]]:
         """In-scope parameters with a gradient, bucketed by (device, dtype) for foreach kernels."""
         buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
@@ -105,6 +112,30 @@ def _scope_ids(
                 "(e.g. scope=model.dynamics.parameters() with an optimizer over model)."
             )
     return {id(p) for p in scope_params}
+
+
+@contextlib.contextmanager
+def gradients_off(params: Iterable[Tensor]) -> Iterator[list[Tensor]]:
+    """Within the block, ``params`` take no gradient; yields those that were switched off.
+
+    Only parameters with ``requires_grad`` on are switched, and exactly those are switched back
+    on exit, also when the block raises: a parameter the user froze stays frozen. Autograd then
+    skips their weight gradients, and the whole backward pass of a part of the graph that only
+    they feed (e.g. an encoder upstream of perturbed dynamics).
+    """
+    switched = [p for p in params if p.requires_grad]
+    for p in switched:
+        p.requires_grad_(False)
+    try:
+        yield switched
+    finally:
+        for p in switched:
+            p.requires_grad_(True)
+
+
+def distributed_run() -> bool:
+    """Whether a torch.distributed process group is up (DDP/FSDP may wrap the parameters)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class WeightBackup:

@@ -1,6 +1,6 @@
 """Networks of the SAC agent: a tanh-Gaussian actor and a double-Q critic.
 
-Both are built from one MLP trunk so that the architecture knobs the seed sweeps (residual
+Both are built from one MLP trunk so that the architecture knobs a sweep varies (residual
 connections, activation normalisation ``none | layernorm | l2``, spectral normalisation) mean the
 same thing for actor and critic. Module names are part of the contract with the optimizer
 split: ``fcs.0`` is a network's first layer; the actor's last layer is its ``mean`` and

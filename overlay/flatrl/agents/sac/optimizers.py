@@ -1,8 +1,8 @@
 """From an optimizer config block to the optimizer, its momentum schedule and optional SAM.
 
-All the optimizer logic lives in :mod:`flatrl.optim`; this module only translates the seed's
+All the optimizer logic lives in :mod:`flatrl.optim`; this module only translates the agent's
 config keys (case, betas, muon.*, *_momentum_schedule, sam.*) into calls to it, using the
-networks' own first/last-layer names so the Muon toggles mean what the seed says. SAM is built
+networks' own first/last-layer names so the Muon toggles mean what their names say. SAM is built
 with :meth:`SAM.from_config` from the one :class:`flatrl.optim.SAMConfig`, and stepped by
 :func:`flatrl.optim.sam_step` in the agent.
 """

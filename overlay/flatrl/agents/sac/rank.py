@@ -1,8 +1,8 @@
-"""Effective-rank diagnostics of the critic's penultimate features (the seed's H3 metric).
+"""Effective-rank diagnostics of the critic's penultimate features.
 
 A critic whose features collapse onto a few directions fits new targets poorly; tracking the
 effective rank of each Q network's last hidden layer (and how much of the spectrum the top-k
-directions hold) is how the seed tests whether Muon's orthogonalised updates prevent that.
+directions hold) tests whether Muon's orthogonalised updates prevent that collapse.
 The numbers themselves come from :mod:`flatrl.diagnostics`.
 """
 

@@ -28,10 +28,10 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from flatrl.agents.sac.models import NORMS, MLPConfig
 from flatrl.optim import SAMConfig, SAMConfigError
+from flatrl.runtime import DEVICE_CHOICES, is_device_name
 
 CASES = ("adam", "adamw", "muon")
 FALLBACKS = ("adam", "adamw")
-DEVICES = ("auto", "cpu", "cuda")
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 SCHEMA_NAME = "sac_schema"
 
@@ -266,7 +266,7 @@ class Settings:
 
     method_name: str = knob("SAC", "names the run's checkpoint folder; give each sweep run its own")
     seed: int = knob(0, "seed of torch, numpy, python, the task and the replay sampler")
-    device: str = knob("auto", "`auto` \\| `cpu` \\| `cuda`")
+    device: str = knob("auto", "`auto` \\| `cpu` \\| `cuda` \\| `cuda:N`")
     resume: bool = knob(
         False, "`true`: continue from `<checkpoint_dir>/<method>/<task>/seed_<seed>`"
     )
@@ -288,7 +288,8 @@ class Settings:
                 "training.actor_optimizer.sam.rho is set, but SAM is supported on the critic "
                 "only; set training.critic_optimizer.sam.rho instead."
             )
-        _check_choice("device", s.device, DEVICES)
+        if not is_device_name(s.device):
+            raise ConfigError(f"device={s.device!r} must be one of {', '.join(DEVICE_CHOICES)}.")
         if s.model.norm not in NORMS:
             raise ConfigError(f"model.norm={s.model.norm!r} must be one of {', '.join(NORMS)}.")
         _check_at_least(s.model, "model", ("hidden_dim", "num_layers"), 1)
@@ -351,11 +352,6 @@ def _check_betas(key: str, betas: tuple[float, ...]) -> None:
         )
     _check_unit_interval(f"{key}[0]", betas[0])
     _check_unit_interval(f"{key}[1]", betas[1])
-
-
-def _check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(str, choices))}.")
 
 
 def _check_at_least(obj: Any, prefix: str, keys: tuple[str, ...], low: int) -> None:

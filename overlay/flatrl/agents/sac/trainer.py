@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption without changing what it computes.
 RESUME_FREE_KEYS = ("resume", "training.total_env_steps", "training.progress_bar", "threads")
 
-# The rank probe's generator is seeded apart from the replay sampler's (which uses the seed).
+# The rank probe's generator is seeded apart from the replay sampler's (which uses the run's seed).
 PROBE_SEED_OFFSET = 0x5EED
 
 
