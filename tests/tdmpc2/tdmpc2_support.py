@@ -52,14 +52,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_probe(tree_dir: Path, jobs: list[dict]) -> list[dict]:
+def run_probe(tree_dir: Path, jobs: list[dict], timeout: float = 600) -> list[dict]:
     """Run probe.py on ``tree_dir`` with ``jobs``; returns its results (asserts it succeeded)."""
     proc = subprocess.run(
         [sys.executable, str(PROBE), str(tree_dir), json.dumps(jobs)],
         capture_output=True,
         text=True,
         env=child_env(),
-        timeout=600,
+        timeout=timeout,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")]
     assert proc.returncode == 0 and lines, f"probe failed:\n{proc.stdout[-3000:]}\n{proc.stderr}"
