@@ -13,6 +13,8 @@ Modes:
                 ``"float64": true``: the agent and batches in double precision)
     perturbed   one SAM update; which parameters differ between the two loss passes
     latents     one SAM update; whether update_pi got the latents of the unperturbed pass
+    grads       one update; which modules' parameters get a gradient in each world-model
+                pass, and which parameters have ``requires_grad`` on before and after
     checkpoint  train, checkpoint, load into a fresh agent: same optimizer state and next update
     buffer      a wrapped replay buffer saved and restored at the same and at other capacities
 """
@@ -243,6 +245,40 @@ def buffer_roundtrip(tree: str) -> dict[str, Any]:
     return result
 
 
+def grads(agent: Any, user_frozen: list[str]) -> dict[str, Any]:
+    """Record, per world-model loss pass, the modules whose parameters accumulate a gradient.
+
+    ``user_frozen``: parameter names switched off beforehand, as a user freezing them would.
+    """
+    params = dict(agent.model.named_parameters())
+    for name in user_frozen:
+        params[name].requires_grad_(False)
+    passes: list[tuple[str, set[str]]] = []  # (which loss, modules that got a gradient)
+    for name, p in params.items():
+        if not p.requires_grad:
+            continue  # user-frozen: it must stay so, and takes no hook
+        module = name.split(".")[0]
+        p.register_post_accumulate_grad_hook(lambda _p, m=module: passes[-1][1].add(m))
+    originals = {name: getattr(agent, name) for name in ("_world_model_loss", "update_pi")}
+    for name, original in originals.items():
+
+        def wrapped(*args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
+            passes.append((_name, set()))
+            return _original(*args, **kw)
+
+        setattr(agent, name, wrapped)
+    before = sorted(n for n, p in params.items() if p.requires_grad)
+    (batch,) = batches(agent.cfg, 1)
+    agent._update(*batch)
+    for name, original in originals.items():
+        setattr(agent, name, original)
+    return {
+        "passes": [sorted(m) for name, m in passes if name == "_world_model_loss"],
+        "requires_grad_before": before,
+        "requires_grad_after": sorted(n for n, p in params.items() if p.requires_grad),
+    }
+
+
 def run_job(tree: str, job: dict[str, Any]) -> dict[str, Any]:
     mode, overrides = job["mode"], dict(job.get("overrides", {}))
     if mode == "checkpoint":
@@ -261,6 +297,8 @@ def run_job(tree: str, job: dict[str, Any]) -> dict[str, Any]:
         return perturbed(agent)
     if mode == "latents":
         return latents(agent)
+    if mode == "grads":
+        return grads(agent, list(job.get("user_frozen", [])))
     raise SystemExit(f"unknown mode {mode!r}")
 
 
