@@ -181,6 +181,7 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
         "true_next_ref": [],
         "repeat": [],
         "rolled_ref": [],
+        "pol_ref": [],
     }
     for _ in range(steps):
         ctx.lengths = hist.clone()
@@ -207,6 +208,7 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
         # the imagined continuation (t >= 1, greedy policy on (z_hat_t, h_t held fixed)): how
         # often it repeats the policy's greedy action at the real state, i.e. does not react
         pol = ctrl.logits(z, h).argmax(-1)
+        rows["pol_ref"].append(pol.numpy() == reference_action(obs))
         for a in range(ctrl.n_actions):
             zz = z
             act = torch.full((num_envs,), a)
@@ -244,6 +246,7 @@ def analyse(path: str, steps: int = 200, num_envs: int = 8) -> dict:
         "predicted_push_right_lowers_pole_velocity": float(cat["thdot"].mean()),
         "median_reward_term_share_of_score_gap": float(np.median(cat["reward_share"])),
         "planner_agrees_with_reference": float(cat["plan_ref"].mean()),
+        "policy_agrees_with_reference": float(cat["pol_ref"].mean()),
         "planner_with_advancing_context_agrees_with_reference": float(cat["rolled_ref"].mean()),
         "imagined_steps_repeating_the_policy_action": float(cat["repeat"].mean()),
         "value_of_true_next_state_agrees_with_reference": float(cat["true_next_ref"].mean()),
