@@ -1,0 +1,385 @@
+"""One offline-RL run for a study: IQL, CQL or TD3+BC with Adam, SAM or ASAM on a local dataset.
+
+The ``d3rlpy`` entry point of ``python -m flatrl.study`` starts this script once per arm x seed
+(``studies/d3rlpy-offline.yaml``); ``bench/d3rlpy_demo.py`` imports it. One run:
+
+1. builds the offline dataset, or loads it from the cache (``--cache-dir``, default
+   ``$FLATRL_CACHE/datasets`` = ``~/.cache/flatrl/datasets``), keyed by a hash of everything
+   that determines its content (generator version, environment, episodes, noise, seed, gymnasium
+   version). Nothing is downloaded: a noisy scripted controller rolls out locally.
+
+   * ``pendulum``: Pendulum-v1, an energy-pumping swing-up + PD balance with Gaussian noise and
+     10% uniform random actions (40 episodes, 8,000 transitions, behaviour return -401:
+     good and bad behaviour mixed).
+   * ``lunarlander``: LunarLanderContinuous-v3 (Box2D), gymnasium's own landing heuristic with
+     noise and random actions (30 episodes, 11,489 transitions, behaviour return +249). Not a
+     MuJoCo locomotion task: ``.venv/d3rlpy`` has neither ``mujoco`` nor ``gymnasium[mujoco]``
+     (requirements/d3rlpy.txt), Box2D is there; LunarLander is the harder continuous-control
+     task whose scripted expert the environment ships (2-d actions, 8-d state, +-100
+     landing/crash rewards, episodes up to 1000 steps).
+
+   The dataset's seed (``--dataset-seed``, default 0) is separate from the training seed: every
+   seed of a study trains on the same data, as with a fixed benchmark dataset.
+2. trains the algorithm with d3rlpy's ``fit`` for ``--steps`` gradient steps; with
+   ``--optimizer sam`` every network optimizer is ``SAMFactory(base=<its Adam>, rho, adaptive)``
+   (CQL's scalar temperature/alpha stay on Adam: SAM is for the networks).
+3. evaluates every ``--eval-every`` steps over ``--eval-episodes`` episodes and writes d3rlpy's
+   header-less CSVs (``epoch,step,value``) under ``<log-dir>/<experiment>/``: the losses, the
+   patched d3rlpy's ``*_sharpness`` (SAM only: L(w+e) - L(w)) and ``eval_return.csv`` (the
+   study adapter reads ``logs/**/<metric>.csv``), plus ``run.json`` (settings, dataset, timing).
+
+This lives in bench/, not overlay/flatrl/d3rlpy/: it is evidence tooling (gymnasium and Box2D
+environments, scripted controllers, a dataset cache), not library code flatrl's users import.
+Not resumable: d3rlpy's ``fit`` has no resume, so a re-launch deletes the run's own experiment
+directory and starts over (runs are minutes long on CPU).
+
+    OMP_NUM_THREADS=1 .venv/d3rlpy/bin/python bench/d3rlpy_study.py --algo iql \
+        --dataset pendulum --optimizer sam --rho 0.05 --seed 0 --steps 20000 --log-dir runs/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+# bump when a collector changes: cached datasets of the old code are then not reused
+GENERATOR_VERSION = 1
+ALGOS = ("iql", "cql", "td3plusbc")
+OPTIMIZERS = ("adam", "sam")
+EVAL_METRIC = "eval_return"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """Everything that determines a dataset's content (and so its cache key)."""
+
+    name: str
+    env_id: str
+    episodes: int
+    noise: float  # Gaussian action noise, as a fraction of the action bound
+    random_prob: float  # share of uniformly random actions
+    max_action: float
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "pendulum": DatasetSpec("pendulum", "Pendulum-v1", 40, 0.15, 0.1, 2.0),
+    "lunarlander": DatasetSpec("lunarlander", "LunarLanderContinuous-v3", 30, 0.3, 0.1, 1.0),
+}
+
+
+# -- the scripted controllers ---------------------------------------------------------------------
+def swing_up_action(obs: np.ndarray, env: Any = None) -> float:
+    """A hand-written Pendulum-v1 controller: pump energy, then balance with a PD law."""
+    cos_th, sin_th, th_dot = obs
+    theta = math.atan2(sin_th, cos_th)  # 0 = upright
+    if cos_th > 0.85:
+        return float(np.clip(-10.0 * theta - 2.0 * th_dot, -2.0, 2.0))
+    energy = 0.5 * th_dot**2 + 10.0 * (cos_th - 1.0)  # 0 when upright and still
+    return float(np.clip(-2.0 * np.sign(th_dot * energy) if th_dot != 0 else 2.0, -2.0, 2.0))
+
+
+def lander_action(obs: np.ndarray, env: Any) -> np.ndarray:
+    """gymnasium's LunarLander landing heuristic (continuous actions)."""
+    from gymnasium.envs.box2d.lunar_lander import heuristic
+
+    return np.asarray(heuristic(env, obs), dtype=np.float64)
+
+
+CONTROLLERS: dict[str, Callable[[np.ndarray, Any], Any]] = {
+    "pendulum": swing_up_action,
+    "lunarlander": lander_action,
+}
+
+
+def make_env(spec: DatasetSpec) -> Any:
+    import gymnasium as gym
+
+    return gym.make(spec.env_id)
+
+
+# -- the dataset and its cache --------------------------------------------------------------------
+def dataset_key(spec: DatasetSpec, seed: int) -> str:
+    """A content hash: the same key means the same transitions."""
+    import gymnasium
+
+    blob = json.dumps(
+        {
+            "generator": GENERATOR_VERSION,
+            "spec": dataclasses.asdict(spec),
+            "seed": seed,
+            "gymnasium": gymnasium.__version__,
+            "numpy": np.__version__.split(".")[0],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def collect(spec: DatasetSpec, seed: int) -> dict[str, np.ndarray]:
+    """Roll out the noisy controller for ``spec.episodes`` episodes; arrays for an MDPDataset."""
+    env = make_env(spec)
+    rng = np.random.default_rng(seed)
+    controller = CONTROLLERS[spec.name]
+    act_dim = env.action_space.shape[0]
+    out: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "ret")}
+    for episode in range(spec.episodes):
+        obs, _ = env.reset(seed=seed * 100_000 + episode)
+        total, done = 0.0, False
+        while not done:
+            if rng.random() < spec.random_prob:
+                action = rng.uniform(-spec.max_action, spec.max_action, size=act_dim)
+            else:
+                base = np.asarray(controller(obs, env), dtype=np.float64).reshape(act_dim)
+                action = base + rng.normal(0.0, spec.noise * spec.max_action, size=act_dim)
+            action = np.clip(action, -spec.max_action, spec.max_action).astype(np.float32)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            out["obs"].append(np.asarray(obs, dtype=np.float32))
+            out["act"].append(action)
+            out["rew"].append(float(reward))
+            out["term"].append(float(terminated))
+            out["trunc"].append(float(truncated))
+            total += float(reward)
+            obs, done = next_obs, terminated or truncated
+        out["ret"].append(total)
+    env.close()
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def load_or_collect(
+    spec: DatasetSpec, seed: int, cache_dir: Path
+) -> tuple[dict[str, np.ndarray], Path, bool]:
+    """The dataset's arrays, its cache file and whether the cache was hit."""
+    path = Path(cache_dir) / f"{spec.name}-{dataset_key(spec, seed)}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}, path, True
+    arrays = collect(spec, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+    return arrays, path, False
+
+
+def to_mdp_dataset(arrays: dict[str, np.ndarray]) -> Any:
+    import d3rlpy
+
+    return d3rlpy.dataset.MDPDataset(
+        observations=arrays["obs"],
+        actions=arrays["act"],
+        rewards=arrays["rew"].reshape(-1, 1),
+        terminals=arrays["term"],
+        timeouts=arrays["trunc"],
+        action_space=d3rlpy.constants.ActionSpace.CONTINUOUS,
+    )
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("FLATRL_CACHE") or str(Path.home() / ".cache" / "flatrl")
+    return Path(root) / "datasets"
+
+
+# -- the algorithm --------------------------------------------------------------------------------
+def make_config(algo: str, spec: DatasetSpec, batch_size: int, hidden: int) -> Any:
+    """The algorithm's config: d3rlpy defaults except small nets, CPU-sized sampling, scalers."""
+    import d3rlpy
+    from d3rlpy.models import VectorEncoderFactory
+
+    encoder = VectorEncoderFactory(hidden_units=[hidden, hidden])
+    common: dict[str, Any] = {
+        "batch_size": batch_size,
+        "actor_encoder_factory": encoder,
+        "critic_encoder_factory": encoder,
+        "observation_scaler": d3rlpy.preprocessing.StandardObservationScaler(),
+        "action_scaler": d3rlpy.preprocessing.MinMaxActionScaler(
+            minimum=-spec.max_action, maximum=spec.max_action
+        ),
+        # per-step rewards reach -16 (Pendulum) or +-100 (a landing/crash): scaled down, the
+        # Q-values stay small enough to fit in a few thousand steps
+        "reward_scaler": d3rlpy.preprocessing.MultiplyRewardScaler(0.1),
+    }
+    if algo == "iql":
+        return d3rlpy.algos.IQLConfig(
+            value_encoder_factory=encoder, expectile=0.7, weight_temp=3.0, **common
+        )
+    if algo == "cql":
+        return d3rlpy.algos.CQLConfig(n_action_samples=4, conservative_weight=5.0, **common)
+    if algo == "td3plusbc":
+        return d3rlpy.algos.TD3PlusBCConfig(alpha=2.5, **common)
+    raise ValueError(f"--algo {algo!r}: use one of {', '.join(ALGOS)}")
+
+
+def with_sam(config: Any, rho: float, adaptive: bool) -> Any:
+    """Every network optimizer wrapped in SAMFactory around its own (Adam) factory."""
+    from d3rlpy.optimizers import SAMFactory
+
+    fields = [f.name for f in dataclasses.fields(config) if f.name.endswith("optim_factory")]
+    fields = [f for f in fields if not f.startswith(("temp_", "alpha_"))]
+    return dataclasses.replace(
+        config,
+        **{f: SAMFactory(base=getattr(config, f), rho=rho, adaptive=adaptive) for f in fields},
+    )
+
+
+def arm_label(args: argparse.Namespace) -> str:
+    if args.optimizer == "adam":
+        return "adam"
+    return f"{'asam' if args.adaptive else 'sam'}{args.rho:g}"
+
+
+# -- the command line -----------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="One offline-RL run (IQL/CQL/TD3+BC; Adam/SAM/ASAM) on a local dataset.",
+    )
+    p.add_argument("--algo", required=True, choices=ALGOS)
+    p.add_argument("--dataset", required=True, choices=tuple(DATASETS))
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    p.add_argument("--rho", type=float, default=None, help="SAM radius (>= 0; sam only)")
+    p.add_argument("--adaptive", action="store_true", help="ASAM (sam only; needs a larger rho)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--steps", type=int, default=20000, help="gradient steps")
+    p.add_argument("--log-dir", "--logdir", dest="log_dir", type=Path, required=True)
+    p.add_argument("--eval-every", type=int, default=2000, help="steps between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256, help="units of the 2 hidden layers")
+    p.add_argument("--dataset-seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=None, help="dataset episodes (default: task's)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default $FLATRL_CACHE/datasets")
+    p.add_argument("--device", default="cpu:0")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check: every bad combination stops here, before a dataset or net is built."""
+    p = parser()
+    args = p.parse_args(argv)
+    for name in ("steps", "eval_every", "eval_episodes", "batch_size", "hidden"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer")
+    if args.episodes is not None and args.episodes < 1:
+        p.error("--episodes must be a positive integer")
+    if args.seed < 0 or args.dataset_seed < 0:
+        p.error("--seed and --dataset-seed must be >= 0")
+    if args.eval_every > args.steps:
+        p.error(
+            f"--eval-every {args.eval_every} > --steps {args.steps}: nothing would be evaluated"
+        )
+    if args.optimizer == "adam":
+        if args.rho is not None or args.adaptive:
+            p.error("--rho/--adaptive apply to --optimizer sam; drop them or add --optimizer sam")
+    else:
+        if args.rho is None:
+            p.error("--optimizer sam needs --rho (e.g. 0.05; ASAM with --adaptive: 0.5)")
+        if not (math.isfinite(args.rho) and args.rho >= 0):
+            p.error(f"--rho must be a finite number >= 0, got {args.rho}")
+    return args
+
+
+def _import_d3rlpy() -> Any:
+    """d3rlpy, with its structlog output at WARNING and old gym's import-time notice muted."""
+    import structlog
+
+    # d3rlpy logs every build and epoch through structlog; run.json and the CSVs are the output
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # d3rlpy imports gym 0.26, which prints an "unmaintained" notice to stderr; errors still raise
+    with contextlib.redirect_stderr(io.StringIO()):
+        import d3rlpy
+    return d3rlpy
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Dataset (cached), training, periodic evaluation; returns what run.json records."""
+    d3rlpy = _import_d3rlpy()
+    import torch
+    from d3rlpy.logging import FileAdapterFactory
+
+    if not hasattr(d3rlpy.optimizers, "SAMFactory"):
+        raise SystemExit(f"d3rlpy at {d3rlpy.__file__} is not flatrl's patched tree")
+    torch.set_num_threads(1)
+    spec = DATASETS[args.dataset]
+    if args.episodes is not None:
+        spec = dataclasses.replace(spec, episodes=args.episodes)
+    t0 = time.perf_counter()
+    cache_dir = args.cache_dir or default_cache_dir()
+    arrays, cache_path, hit = load_or_collect(spec, args.dataset_seed, cache_dir)
+    dataset = to_mdp_dataset(arrays)
+    data_seconds = time.perf_counter() - t0
+
+    config = make_config(args.algo, spec, args.batch_size, args.hidden)
+    if args.optimizer == "sam":
+        config = with_sam(config, args.rho, args.adaptive)
+    experiment = f"{args.algo}-{args.dataset}-{arm_label(args)}-seed{args.seed}"
+    log_dir = Path(args.log_dir)
+    shutil.rmtree(log_dir / experiment, ignore_errors=True)  # not resumable: start over
+    d3rlpy.seed(args.seed)
+    algo = config.create(device=args.device)
+    eval_env = make_env(spec)
+    eval_env.reset(seed=10_000 + args.seed)
+    t1 = time.perf_counter()
+    algo.fit(
+        dataset,
+        n_steps=args.steps,
+        n_steps_per_epoch=args.eval_every,
+        experiment_name=experiment,
+        with_timestamp=False,
+        logger_adapter=FileAdapterFactory(root_dir=str(log_dir)),
+        evaluators={EVAL_METRIC: d3rlpy.metrics.EnvironmentEvaluator(eval_env, args.eval_episodes)},
+        show_progress=False,
+        save_interval=10**9,  # no model files: the study reads the CSVs
+    )
+    train_seconds = time.perf_counter() - t1
+    info = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "experiment": experiment,
+        "dataset": {
+            **dataclasses.asdict(spec),
+            "seed": args.dataset_seed,
+            "transitions": int(len(arrays["rew"])),
+            "behaviour_return_mean": float(arrays["ret"].mean()),
+            "cache": str(cache_path),
+            "cache_hit": hit,
+            "seconds": round(data_seconds, 2),
+        },
+        "train_seconds": round(train_seconds, 2),
+        "command": " ".join([sys.executable, *sys.argv]),
+    }
+    out = log_dir / experiment
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = run(args)
+    d = info["dataset"]
+    print(
+        f"{info['experiment']}: {args.steps} steps in {info['train_seconds']:.1f}s; dataset "
+        f"{d['transitions']} transitions (behaviour return {d['behaviour_return_mean']:.1f}, "
+        f"{'cached' if d['cache_hit'] else 'collected'}: {d['cache']}); "
+        f"logs {Path(args.log_dir) / info['experiment']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

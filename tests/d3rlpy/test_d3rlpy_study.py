@@ -1,0 +1,132 @@
+"""bench/d3rlpy_study.py, the d3rlpy entry point of the study runner: what a run writes (the CSVs
+the study adapter reads, sharpness for SAM), the dataset cache, and the flag checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from d3rlpy_support import require_patched_d3rlpy
+
+require_patched_d3rlpy()
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "d3rlpy_study.py"
+
+
+def _load_script() -> Any:
+    spec = importlib.util.spec_from_file_location("flatrl_bench_d3rlpy_study", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load_script()
+TINY = ["--steps", "4", "--eval-every", "2", "--eval-episodes", "1", "--hidden", "8"]
+TINY += ["--batch-size", "8", "--episodes", "1", "--dataset", "pendulum"]
+
+
+def _d3rlpy_rows(path: Path) -> list[tuple[int, int, float]]:
+    rows = [line.split(",") for line in path.read_text().splitlines() if line]
+    assert all(len(r) == 3 for r in rows), f"{path} is not d3rlpy's epoch,step,value CSV"
+    return [(int(e), int(s), float(v)) for e, s, v in rows]
+
+
+@pytest.mark.parametrize("algo", ["iql", "cql", "td3plusbc"])
+def test_tiny_sam_run_writes_the_csvs_the_study_adapter_reads(tmp_path: Path, algo: str) -> None:
+    from flatrl.study.entry_points import make_entry_point
+
+    run_dir = tmp_path / "run"
+    argv = [*TINY, "--algo", algo, "--optimizer", "sam", "--rho", "0.05", "--seed", "3"]
+    argv += ["--log-dir", str(run_dir / "logs"), "--cache-dir", str(tmp_path / "cache")]
+    assert study.main(argv) == 0
+    (exp,) = (run_dir / "logs").iterdir()
+    assert exp.name == f"{algo}-pendulum-sam0.05-seed3"
+    evals = _d3rlpy_rows(exp / "eval_return.csv")
+    assert [(e, s) for e, s, _ in evals] == [(1, 2), (2, 4)]
+    assert all(-2000.0 < v <= 0.0 for _, _, v in evals)  # Pendulum returns are negative
+    for name in ("critic_sharpness", "actor_sharpness"):
+        values = [v for _, _, v in _d3rlpy_rows(exp / f"{name}.csv")]
+        assert len(values) == 2 and all(np.isfinite(values)), name
+    info = json.loads((exp / "run.json").read_text())
+    assert info["dataset"]["transitions"] == 200 and info["args"]["rho"] == 0.05
+    # the study's d3rlpy adapter finds the eval curve under <run_dir>/logs/**
+    adapter = make_entry_point({"type": "d3rlpy", "script": str(SCRIPT)}, "entry_point", "t")
+    series = adapter.read_metric(run_dir, "eval_return")
+    assert series is not None and list(series.steps) == [2.0, 4.0]
+    assert list(series.values) == [v for _, _, v in evals]
+
+
+def test_adam_run_logs_no_sharpness_and_a_rerun_starts_over(tmp_path: Path) -> None:
+    argv = [*TINY, "--algo", "td3plusbc", "--log-dir", str(tmp_path / "logs")]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+    assert study.main(argv) == 0
+    exp = tmp_path / "logs" / "td3plusbc-pendulum-adam-seed0"
+    assert (exp / "critic_loss.csv").is_file()
+    assert not list(exp.glob("*_sharpness.csv"))
+    (exp / "stale.csv").write_text("1,2,3\n")
+    assert study.main(argv) == 0  # not resumable: a re-launch replaces the run's directory
+    assert not (exp / "stale.csv").exists()
+    assert len(_d3rlpy_rows(exp / "eval_return.csv")) == 2
+
+
+def test_dataset_cache_is_reused_and_keyed_by_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = study.DatasetSpec("pendulum", "Pendulum-v1", 1, 0.15, 0.1, 2.0)
+    first, path, hit = study.load_or_collect(spec, 0, tmp_path)
+    assert not hit and path.is_file() and path.parent == tmp_path
+    assert first["obs"].shape == (200, 3) and first["act"].shape == (200, 1)
+
+    def no_collect(*args: object) -> None:
+        raise AssertionError("the cached dataset was generated again")
+
+    monkeypatch.setattr(study, "collect", no_collect)
+    again, path2, hit2 = study.load_or_collect(spec, 0, tmp_path)
+    assert hit2 and path2 == path
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+    # anything that changes the content changes the key: a new file, not a stale hit
+    assert study.dataset_key(spec, 1) != study.dataset_key(spec, 0)
+    noisier = study.DatasetSpec("pendulum", "Pendulum-v1", 1, 0.3, 0.1, 2.0)
+    assert study.dataset_key(noisier, 0) != study.dataset_key(spec, 0)
+    # and a run reports the hit
+    argv = [*TINY, "--algo", "td3plusbc", "--log-dir", str(tmp_path / "logs")]
+    argv += ["--cache-dir", str(tmp_path)]
+    assert study.main(argv) == 0
+    info = json.loads((tmp_path / "logs/td3plusbc-pendulum-adam-seed0/run.json").read_text())
+    assert info["dataset"]["cache_hit"] is True and info["dataset"]["cache"] == str(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--algo", "sac"], "invalid choice: 'sac'"),
+        (["--algo", "iql", "--dataset", "hopper"], "invalid choice: 'hopper'"),
+        (["--algo", "iql", "--optimizer", "sam"], "--optimizer sam needs --rho"),
+        (["--algo", "iql", "--rho", "0.05"], "--rho/--adaptive apply to --optimizer sam"),
+        (["--algo", "iql", "--adaptive"], "--rho/--adaptive apply to --optimizer sam"),
+        (["--algo", "iql", "--optimizer", "sam", "--rho", "-0.1"], "--rho must be a finite"),
+        (["--algo", "iql", "--optimizer", "sam", "--rho", "nan"], "--rho must be a finite"),
+        (["--algo", "iql", "--steps", "5", "--eval-every", "10"], "nothing would be evaluated"),
+        (["--algo", "iql", "--steps", "0"], "--steps must be a positive integer"),
+        (["--algo", "iql", "--eval-episodes", "0"], "--eval-episodes must be a positive"),
+    ],
+)
+def test_bad_flags_fail_before_anything_runs(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if "--dataset" not in argv:
+        argv = [*argv, "--dataset", "pendulum"]
+    with pytest.raises(SystemExit) as exit_info:
+        study.parse_args([*argv, "--log-dir", str(tmp_path / "logs")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
