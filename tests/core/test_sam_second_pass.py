@@ -231,3 +231,39 @@ def test_freeze_option_must_be_a_bool() -> None:
     model = Chain()
     with pytest.raises(TypeError, match="freeze_out_of_scope must be True or False"):
         SAM(model.parameters(), base=torch.optim.SGD, lr=0.1, freeze_out_of_scope="yes")
+
+
+def _ddp_updates(tmp_path: object, steps: int = 3) -> None:
+    """Scoped SAM steps on a DDP-wrapped model (one-process gloo group)."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path) + "/store", 1)  # type: ignore[operator]
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = Chain()
+        model.unused.requires_grad_(False)  # in no loss: DDP would wait for its gradient
+        ddp = nn.parallel.DistributedDataParallel(model)
+        sam = SAM(ddp.parameters(), base=torch.optim.SGD, rho=0.05, scope=model.dynamics, lr=0.1)
+        for _ in range(steps):
+            sam.zero_grad()
+            loss = ddp()
+            loss.backward()
+            sam_step(sam, loss, ddp, modules=[ddp])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_ddp_gets_every_gradient_in_both_passes(tmp_path: object) -> None:
+    # DDP's reducer fails the next forward if a backward pass left a parameter without its
+    # gradient: the freeze must be off while a process group is up.
+    _ddp_updates(tmp_path)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_ddp_control_freezing_would_break_it(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sam_module, "distributed_run", lambda: False)
+    with pytest.raises(RuntimeError, match="reduction"):
+        _ddp_updates(tmp_path)
