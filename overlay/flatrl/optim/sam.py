@@ -72,9 +72,9 @@ class SAM(SAMReadings, DelegatingOptimizer):
             error; user-frozen parameters stay frozen), so that the second pass computes only
             the gradients the step uses. Skipped automatically while a ``torch.distributed``
             process group is up: DDP's reducer expects a gradient for every parameter it wraps
-            in every backward pass. Set False if the closure needs those gradients itself (it
-            cannot: the base step uses the first pass's) or a distributed wrapper is used
-            without a process group.
+            in every backward pass. Set False if something in the closure reads those
+            gradients (a hook; the base step itself uses the first pass's). A ``torch.compile``d
+            loss is compiled once more for the second pass (its guards see the flags).
         **base_kwargs: keyword arguments for ``base`` (e.g. ``lr=1e-3``).
 
     Notes:
