@@ -47,8 +47,9 @@ def test_local_pool_runs_every_arm_and_seed_single_threaded(tmp_path):
         rows = (run.run_dir / "metrics.csv").read_text().splitlines()
         assert len(rows) == 1 + study.budget
     # the arm's overrides reach its command line, and only its
-    assert "--quality" in invocations(runs[2].run_dir)[0]["argv"]
-    assert "--quality" not in invocations(runs[0].run_dir)[0]["argv"]
+    by_arm = {run.arm: run for run in runs}
+    assert "--quality" in invocations(by_arm["better"].run_dir)[0]["argv"]
+    assert "--quality" not in invocations(by_arm["base"].run_dir)[0]["argv"]
 
 
 def test_children_get_one_thread(tmp_path):
@@ -71,7 +72,7 @@ def test_failed_run_is_recorded_and_the_others_finish(tmp_path):
     runs = plan(study, tmp_path)
     outcomes = {o.run.key: o for o in run_local(runs, workers=2, progress=False, echo=print)}
     assert outcomes["base/seed_0"].state == outcomes["base/seed_1"].state == FINISHED
-    broken = runs[2]
+    broken = next(run for run in runs if run.arm == "broken")
     assert outcomes[broken.key].state == FAILED and outcomes[broken.key].returncode == 3
     status = json.loads((broken.run_dir / runner.STATUS).read_text())
     assert status["state"] == FAILED and status["returncode"] == 3
@@ -194,8 +195,9 @@ def test_submitit_debug_executor_runs_jobs_and_records_failures(tmp_path):
     }
     submitted = runner.submit_slurm(runs, settings, tmp_path / ".submitit", cluster="debug")
     outcomes = runner.wait_slurm(submitted, progress=False, echo=lambda s: None)
-    assert [o.state for o in outcomes] == [FINISHED, FINISHED, FAILED, FAILED]
-    assert [run_state(r) for r in runs] == [FINISHED, FINISHED, FAILED, FAILED]
+    expected = [FAILED if run.arm == "broken" else FINISHED for run in runs]
+    assert [o.state for o in outcomes] == expected
+    assert [run_state(r) for r in runs] == expected
     # a second submission has nothing left to do
     assert select(runs)[0] == []
     assert run_state(plan(make_study(seeds=[9]), tmp_path)[0]) == PENDING

@@ -71,12 +71,13 @@ def test_bad_budget_and_report_settings():
     assert "'report.final'" in error(report={"final": "best"})
 
 
-def test_run_dirs_one_per_arm_and_seed(tmp_path):
+def test_run_dirs_one_per_arm_and_seed_in_seed_major_order(tmp_path):
+    # seed by seed, so a study stopped part-way has every arm at the same number of seeds
     runs = plan(make_study(), tmp_path)
     assert [r.run_dir.relative_to(tmp_path) for r in runs] == [
         Path("toy/base/seed_0"),
-        Path("toy/base/seed_1"),
         Path("toy/better/seed_0"),
+        Path("toy/base/seed_1"),
         Path("toy/better/seed_1"),
     ]
 

@@ -217,7 +217,7 @@ def cmd_report(study: Study, args: argparse.Namespace) -> int:
 def cmd_validate(study: Study, args: argparse.Namespace) -> int:
     runs = plan(study, args.runs_root)
     print(f"{args.study}: OK: {len(study.arms)} arms x {len(study.seeds)} seeds = {len(runs)} runs")
-    for run in runs[:: len(study.seeds)]:  # the first seed of each arm
+    for run in runs[: len(study.arms)]:  # the first seed of each arm
         print(f"  {run.arm}: {run.entry_point.launch(run, False).shell()}")
     print(f"run: {_study_cmd('run', args)}")
     return 0

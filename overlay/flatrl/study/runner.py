@@ -73,7 +73,9 @@ class Outcome:
 
 
 def plan(study: Study, runs_root: str | Path) -> list[Run]:
-    """Every arm x seed in file order, each with its own directory."""
+    """Every arm x seed, each with its own directory, seed by seed (all arms of the first seed,
+    then the next seed): a study stopped part-way has every arm at nearly the same number of
+    seeds, so its partial report compares like with like."""
     root = Path(runs_root).absolute()
     return [
         Run(
@@ -85,8 +87,8 @@ def plan(study: Study, runs_root: str | Path) -> list[Run]:
             study.run_dir(root, arm.name, seed),
             arm.entry_point,
         )
-        for arm in study.arms.values()
         for seed in study.seeds
+        for arm in study.arms.values()
     ]
 
 
