@@ -1,22 +1,30 @@
-"""Demo: offline RL on Pendulum-v1 with Adam and with SAM, side by side (the `make demo` script).
+"""`make demo`: offline TD3+BC on Pendulum-v1, Adam vs SAM, 3 seeds, with intervals and a figure.
 
-1. Collects a small offline dataset from gymnasium's Pendulum-v1 with a noisy, partly working
-   controller (an energy-pumping swing-up with Gaussian noise and random actions mixed in), so
-   the data holds both good and bad behaviour. Nothing is downloaded.
-2. Trains the same offline algorithm (IQL by default, or CQL) twice from the same seed: once
-   with Adam, once with SAM (SAMFactory around the same Adam) on every optimizer.
-3. Prints per-epoch loss, sharpness (L(w+e) - L(w), logged by the patched d3rlpy) and the
-   evaluation return, Adam next to SAM, and writes CSV + TensorBoard logs.
+The honest picture in a few minutes on one CPU core:
 
-    OMP_NUM_THREADS=1 python bench/d3rlpy_demo.py [--algo iql|cql] [--steps 3000]
-    tensorboard --logdir <printed log dir>/tensorboard
+1. builds (or loads from ``$FLATRL_CACHE/datasets``) an offline dataset: 40 episodes of a noisy
+   Pendulum-v1 swing-up controller, 8,000 transitions, behaviour return about -400. Nothing is
+   downloaded.
+2. trains TD3+BC (2x64 nets, batch 64, 5,000 steps) with Adam and with SAM around the same Adam
+   (``SAMFactory``, every network optimizer), from the same seeds, through
+   ``bench/d3rlpy_study.py`` (the study entry point; one process, runs one after another).
+3. scores each run by the mean evaluation return of its last 2 evaluations (5 episodes each,
+   every 500 steps) and prints, per arm, the mean and IQM with 95% stratified-bootstrap
+   intervals (rliable, via ``flatrl.study.report``) and P(SAM > Adam).
+4. draws ``<out>/demo.png``: evaluation return (mean and 95% bootstrap band over seeds) and
+   SAM's sharpness L(w+e) - L(w) of critic and actor, against the gradient step.
+
+rho 0.01: a quick sweep (TD3+BC, this dataset and budget, seeds 0 and 1, return of the last
+evaluation) gave Adam -269 / -316, SAM rho 0.01 -269 / -418, 0.05 -426 / -392, 0.1 -825 / -706,
+ASAM rho 0.5 -512 / -916: no rho helped, and the larger rho, the slower the learning; 0.01 is
+the least harmful. The demo shows that picture, not a win.
+
+    OMP_NUM_THREADS=1 .venv/d3rlpy/bin/python bench/d3rlpy_demo.py [--seeds 0 1 2] [--rho R]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
 import shlex
 import sys
@@ -25,208 +33,162 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import d3rlpy_study as study  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+
+RHO = 0.01
+NAMES = {"iql": "IQL", "cql": "CQL", "td3plusbc": "TD3+BC"}
+RHO_NOTE = (
+    "the least harmful of a sweep (TD3+BC, this dataset, 5,000 steps, seeds 0-1, final eval: "
+    "Adam -269/-316, SAM 0.01 -269/-418, 0.05 -426/-392, 0.1 -825/-706, ASAM 0.5 -512/-916): "
+    "no rho helped; larger rho learned slower"
+)
 
 
-def swing_up_action(obs: np.ndarray) -> float:
-    """A hand-written Pendulum-v1 controller: pump energy, then balance with a PD law."""
-    cos_th, sin_th, th_dot = obs
-    theta = math.atan2(sin_th, cos_th)  # 0 = upright
-    if cos_th > 0.85:
-        return float(np.clip(-10.0 * theta - 2.0 * th_dot, -2.0, 2.0))
-    energy = 0.5 * th_dot**2 + 10.0 * (cos_th - 1.0)  # 0 when upright and still
-    return float(np.clip(-2.0 * np.sign(th_dot * energy) if th_dot != 0 else 2.0, -2.0, 2.0))
+def arm_argv(args: argparse.Namespace, arm: str, seed: int, log_dir: Path) -> list[str]:
+    argv = ["--algo", args.algo, "--dataset", args.dataset, "--seed", str(seed)]
+    argv += ["--steps", str(args.steps), "--eval-every", str(args.eval_every)]
+    argv += ["--eval-episodes", str(args.eval_episodes), "--hidden", str(args.hidden)]
+    argv += ["--batch-size", str(args.batch_size), "--log-dir", str(log_dir)]
+    if arm != "adam":
+        argv += ["--optimizer", "sam", "--rho", str(args.rho)]
+    return argv
 
 
-def collect_dataset(
-    n_episodes: int, noise: float, random_prob: float, seed: int
-) -> tuple[Any, float]:
-    """Roll out the noisy controller; return the d3rlpy dataset and the mean episode return."""
-    import d3rlpy
-    import gymnasium as gym
+def curves(log_dir: Path, name: str) -> Any:
+    from flatrl.study.metrics import read_d3rlpy_csv
 
-    env = gym.make("Pendulum-v1")
-    rng = np.random.default_rng(seed)
-    observations, actions, rewards, terminals, timeouts = [], [], [], [], []
-    returns = []
-    for episode in range(n_episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            if rng.random() < random_prob:
-                action = rng.uniform(-2.0, 2.0)
-            else:
-                action = swing_up_action(obs) + rng.normal(0.0, noise)
-            action = np.array([np.clip(action, -2.0, 2.0)], dtype=np.float32)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            terminals.append(float(terminated))
-            timeouts.append(float(truncated))
-            total += float(reward)
-            obs, done = next_obs, terminated or truncated
-        returns.append(total)
-    dataset = d3rlpy.dataset.MDPDataset(
-        observations=np.asarray(observations, dtype=np.float32),
-        actions=np.asarray(actions, dtype=np.float32),
-        rewards=np.asarray(rewards, dtype=np.float32),
-        terminals=np.asarray(terminals, dtype=np.float32),
-        timeouts=np.asarray(timeouts, dtype=np.float32),
-        action_space=d3rlpy.constants.ActionSpace.CONTINUOUS,
+    found = sorted(log_dir.glob(f"*/{name}.csv"))
+    return read_d3rlpy_csv(found[0]) if found else None
+
+
+def plot(series: dict[str, dict[str, list[Any]]], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from flatrl.study.report import curve_band
+
+    fig, (ax_ret, ax_sharp) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, by_metric in series.items():
+        grid, mean, lo, hi = curve_band(by_metric["eval_return"])
+        (line,) = ax_ret.plot(grid, mean, marker="o", label=f"{arm} (n={len(args.seeds)})")
+        ax_ret.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        for metric, style in (("critic_sharpness", "-"), ("actor_sharpness", "--")):
+            runs = [s for s in by_metric.get(metric, []) if s is not None]
+            if not runs:
+                continue
+            grid, mean, lo, hi = curve_band(runs)
+            label = f"{arm} {metric.split('_')[0]}"
+            (line,) = ax_sharp.plot(grid, mean, style, label=label)
+            ax_sharp.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    env_id = study.DATASETS[args.dataset].env_id
+    ax_ret.set_title(f"{NAMES[args.algo]} on offline {env_id}: evaluation return")
+    ax_ret.set_xlabel("gradient step")
+    ax_ret.set_ylabel(f"return ({args.eval_episodes} episodes; mean, 95% CI over seeds)")
+    ax_ret.legend()
+    ax_sharp.set_title("SAM sharpness L(w+e) - L(w) (Adam has no second pass)")
+    ax_sharp.set_xlabel("gradient step")
+    ax_sharp.set_ylabel("mean over the steps since the last point")
+    ax_sharp.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def verdict(summary: dict[str, dict[str, Any]], sam: str) -> str:
+    """Say what the intervals support, and no more."""
+    lo, hi = summary[sam]["mean_ci"]
+    a_lo, a_hi = summary["adam"]["mean_ci"]
+    if lo > a_hi:
+        return f"{sam} scores higher than Adam: the 95% intervals of the means do not overlap."
+    if hi < a_lo:
+        return f"{sam} scores LOWER than Adam: the 95% intervals of the means do not overlap."
+    return (
+        f"no detectable difference between {sam} and Adam: the 95% intervals overlap "
+        f"({len(summary['adam'].get('scores', []))} seeds are few; run the study for more)."
     )
-    return dataset, float(np.mean(returns))
-
-
-def make_config(algo: str, batch_size: int, hidden: int) -> Any:
-    import d3rlpy
-    from d3rlpy.models import VectorEncoderFactory
-
-    encoder = VectorEncoderFactory(hidden_units=[hidden, hidden])
-    common = {
-        "batch_size": batch_size,
-        "actor_encoder_factory": encoder,
-        "critic_encoder_factory": encoder,
-        "action_scaler": d3rlpy.preprocessing.MinMaxActionScaler(minimum=-2.0, maximum=2.0),
-        # Pendulum's rewards reach -16 per step; scaled down, Q-values stay small enough to fit
-        # in a few thousand steps.
-        "reward_scaler": d3rlpy.preprocessing.MultiplyRewardScaler(0.1),
-    }
-    if algo == "iql":
-        return d3rlpy.algos.IQLConfig(
-            value_encoder_factory=encoder, expectile=0.7, weight_temp=3.0, **common
-        )
-    return d3rlpy.algos.CQLConfig(n_action_samples=4, conservative_weight=5.0, **common)
-
-
-def with_sam(config: Any, rho: float) -> Any:
-    from d3rlpy.optimizers import SAMFactory
-
-    fields = [f.name for f in dataclasses.fields(config) if f.name.endswith("optim_factory")]
-    # The scalar temperature/alpha of CQL stay on plain Adam: SAM is for the networks.
-    fields = [f for f in fields if not f.startswith(("temp_", "alpha_"))]
-    return dataclasses.replace(
-        config, **{f: SAMFactory(base=getattr(config, f), rho=rho) for f in fields}
-    )
-
-
-def train(
-    name: str, config: Any, dataset: Any, args: argparse.Namespace, log_root: Path
-) -> tuple[list[tuple[int, dict[str, float]]], float]:
-    import d3rlpy
-    import gymnasium as gym
-    from d3rlpy.logging import (
-        CombineAdapterFactory,
-        FileAdapterFactory,
-        TensorboardAdapterFactory,
-    )
-
-    d3rlpy.seed(args.seed)
-    algo = config.create(device="cpu:0")
-    eval_env = gym.make("Pendulum-v1")
-    eval_env.reset(seed=args.seed + 10_000)
-    start = time.perf_counter()
-    results = algo.fit(
-        dataset,
-        n_steps=args.steps,
-        n_steps_per_epoch=args.steps // args.epochs,
-        experiment_name=name,
-        with_timestamp=False,
-        logger_adapter=CombineAdapterFactory(
-            [
-                FileAdapterFactory(root_dir=str(log_root / "csv")),
-                TensorboardAdapterFactory(root_dir=str(log_root / "tensorboard")),
-            ]
-        ),
-        evaluators={
-            "return": d3rlpy.metrics.EnvironmentEvaluator(eval_env, n_trials=args.eval_episodes)
-        },
-        show_progress=False,
-        save_interval=args.epochs,
-    )
-    return results, time.perf_counter() - start
-
-
-def print_table(algo: str, adam: list[Any], sam: list[Any], steps_per_epoch: int) -> None:
-    keys = ["critic_loss", "critic_sharpness", "actor_loss", "actor_sharpness", "return"]
-    width = 21
-
-    def cell(value: float | None) -> str:
-        return f"{'-' if value is None else f'{value:.4g}':>10s}"
-
-    print(f"{'epoch':>5s} {'step':>6s} |" + "|".join(f"{k:>{width}s}" for k in keys))
-    print(f"{'':12s} |" + "|".join(f"{'Adam':>10s} {'SAM':>10s}" for _ in keys))
-    for (epoch, m_adam), (_, m_sam) in zip(adam, sam, strict=True):
-        cells = [f"{cell(m_adam.get(k))} {cell(m_sam.get(k))}" for k in keys]
-        print(f"{epoch:5d} {epoch * steps_per_epoch:6d} |" + "|".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algo", choices=["iql", "cql"], default="iql")
-    parser.add_argument("--steps", type=int, default=3000, help="gradient steps per optimizer")
-    parser.add_argument("--epochs", type=int, default=5, help="evaluations during training")
-    parser.add_argument("--episodes", type=int, default=40, help="dataset episodes (200 steps)")
-    parser.add_argument("--noise", type=float, default=0.3, help="controller action noise std")
-    parser.add_argument("--random-prob", type=float, default=0.1, help="share of random actions")
-    parser.add_argument("--eval-episodes", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--rho", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--logdir", type=Path, default=Path("d3rlpy_logs/demo"))
-    args = parser.parse_args(argv)
-    if args.steps < args.epochs or args.epochs < 1:
-        parser.error("--steps must be >= --epochs >= 1")
-    if not 0 < args.rho:
-        parser.error("--rho must be > 0")
-    import logging
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--algo", choices=study.ALGOS, default="td3plusbc")
+    p.add_argument("--dataset", choices=tuple(study.DATASETS), default="pendulum")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--last-k", type=int, default=2, help="score = mean of the last k evals")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--rho", type=float, default=RHO)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates")
+    args = p.parse_args(argv)
+    if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds needs at least 2 distinct seeds for an interval")
+    if not args.rho > 0:
+        p.error("--rho must be > 0 (the demo compares SAM with Adam)")
 
-    import structlog
+    from flatrl.study.report import aggregate
 
-    # d3rlpy logs every build and epoch through structlog; the table below is the output.
-    # Configured before d3rlpy is imported, whose own configure() keeps this filter.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    try:
-        import d3rlpy
-    except ImportError:
-        print("d3rlpy is not installed: run `make setup` first (it builds the patched tree).")
-        return 2
-    if not hasattr(d3rlpy.optimizers, "SAMFactory"):
-        print(f"d3rlpy at {d3rlpy.__file__} is not the patched tree (no SAMFactory).")
-        return 2
-    torch.set_num_threads(1)
-
-    t0 = time.perf_counter()
-    dataset, behaviour_return = collect_dataset(
-        args.episodes, noise=args.noise, random_prob=args.random_prob, seed=args.seed
-    )
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    sam = f"sam{args.rho:g}"
+    arms = ("adam", sam)
+    series: dict[str, dict[str, list[Any]]] = {a: {} for a in arms}
+    scores: dict[str, list[float]] = {a: [] for a in arms}
     print(
-        f"dataset: Pendulum-v1, {dataset.transition_count} transitions from {args.episodes} "
-        f"episodes of a noisy swing-up controller (mean return {behaviour_return:.1f}), "
-        f"{time.perf_counter() - t0:.1f}s"
+        f"{NAMES[args.algo]} on offline {args.dataset}: Adam vs SAM(rho={args.rho:g}), seeds "
+        f"{args.seeds}, {args.steps} steps each; one process, one thread"
     )
-    config = make_config(args.algo, args.batch_size, args.hidden)
-    runs = {}
-    for label, cfg in (("adam", config), ("sam", with_sam(config, args.rho))):
-        results, seconds = train(f"{args.algo}_{label}", cfg, dataset, args, args.logdir)
-        runs[label] = results
-        print(f"{args.algo.upper()} + {label.upper()}: {args.steps} steps in {seconds:.1f}s")
-    print()
+    for seed in args.seeds:
+        for arm in arms:
+            log_dir = args.out / arm / f"seed_{seed}"
+            run_args = study.parse_args(arm_argv(args, arm, seed, log_dir))
+            info = study.run(run_args)
+            for metric in ("eval_return", "critic_sharpness", "actor_sharpness"):
+                series[arm].setdefault(metric, []).append(curves(log_dir, metric))
+            ret = series[arm]["eval_return"][-1]
+            score = float(np.mean(ret.values[-args.last_k :]))
+            scores[arm].append(score)
+            print(
+                f"  seed {seed} {arm:>8s}: score {score:8.1f} (evals "
+                f"{' '.join(f'{v:.0f}' for v in ret.values)}), {info['train_seconds']:.0f}s"
+            )
+    summary = aggregate({a: np.asarray(s) for a, s in scores.items()}, "adam", reps=args.reps)
+    png = args.out / "demo.png"
+    plot(series, args, png)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+
+    print(f"\nscore = mean return of the last {args.last_k} evaluations; 95% CIs: rliable")
+    print(f"stratified bootstrap over {len(args.seeds)} seeds ({args.reps} replicates)")
+    print(f"{'arm':>8s} | {'mean [95% CI]':>28s} | {'IQM [95% CI]':>28s} | last sharpness")
+    for arm in arms:
+        s = summary[arm]
+        mean = f"{s['mean']:.1f} [{s['mean_ci'][0]:.1f}, {s['mean_ci'][1]:.1f}]"
+        iqm = f"{s['iqm']:.1f} [{s['iqm_ci'][0]:.1f}, {s['iqm_ci'][1]:.1f}]"
+        sharp = [c for c in series[arm]["critic_sharpness"] if c is not None]
+        last = f"critic {np.mean([c.values[-1] for c in sharp]):.3g}" if sharp else "-"
+        print(f"{arm:>8s} | {mean:>28s} | {iqm:>28s} | {last}")
+    poi, (plo, phi) = summary[sam]["poi"], summary[sam]["poi_ci"]
+    summary["adam"]["scores"] = scores["adam"]
+    print(f"P({sam} > adam) = {poi:.2f} [{plo:.2f}, {phi:.2f}]")
+    diff = np.asarray(scores[sam]) - np.asarray(scores["adam"])
     print(
-        f"{args.algo.upper()} on offline Pendulum-v1, Adam vs SAM(rho={args.rho}) "
-        f"(per-epoch means; 'return' = evaluation return over {args.eval_episodes} episodes)"
+        f"paired by seed (same data and seed): {sam} higher on "
+        f"{int((diff > 0.5).sum())}, lower on {int((diff < -0.5).sum())}, within 0.5 on "
+        f"{int((abs(diff) <= 0.5).sum())} of {len(diff)} seeds (mean difference {diff.mean():+.1f})"
     )
-    print_table(args.algo, runs["adam"], runs["sam"], args.steps // args.epochs)
-    print()
-    print(f"logs: {args.logdir}/csv (CSV), {args.logdir}/tensorboard (TensorBoard)")
-    print(f"view: tensorboard --logdir {args.logdir}/tensorboard")
-    command = "OMP_NUM_THREADS=1 python " + " ".join(
-        shlex.quote(a) for a in ["bench/d3rlpy_demo.py", *sys.argv[1:]]
-    )
-    print(f"reproduce: {command}")
+    print(f"\nresult: {verdict(summary, sam)}")
+    print(f"rho {args.rho:g}: {RHO_NOTE}")
+    print(f"time: {wall:.0f}s wall, {cpu:.0f}s CPU")
+    print(f"figure: {png}   (open it in any image viewer)")
+    print(f"logs: {args.out}/<arm>/seed_<s>/<experiment>/*.csv (d3rlpy: epoch,step,value)")
+    print("more seeds, algorithms and rhos: python -m flatrl.study run studies/d3rlpy-offline.yaml")
+    reproduce = shlex.join(["bench/d3rlpy_demo.py", *(sys.argv[1:] if argv is None else argv)])
+    print(f"reproduce: OMP_NUM_THREADS=1 .venv/d3rlpy/bin/python {reproduce}")
     return 0
 
 
