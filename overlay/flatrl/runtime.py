@@ -135,18 +135,18 @@ class TorchRNG:
             current.restore()
 
 
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``.
+@contextlib.contextmanager
+def _replaced_atomically(path: Path, mode: str) -> Iterator[Any]:
+    """Yield a handle on a temporary file beside ``path``; on success it replaces ``path``.
 
     The rename is atomic on POSIX file systems: a reader (or a resumed run after a crash) sees
-    the old file or the new one, never a partial write.
+    the old file or the new one, never a partial write. On failure the temporary file goes.
     """
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -154,22 +154,19 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    with _replaced_atomically(path, "wb") as handle:
+        torch.save(obj, handle)
     return path
 
 
 def atomic_write_text(text: str, path: str | os.PathLike[str]) -> Path:
     """Write ``text`` to ``path`` atomically (same rename scheme as :func:`atomic_save`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _replaced_atomically(path, "w") as handle:
+        handle.write(text)
     return path
