@@ -163,3 +163,26 @@ def test_the_real_table_covers_every_test_folder() -> None:
     declared = {line.split()[0] for line in table if line.strip() and not line.startswith("#")}
     folders = {p.name for p in (REPO / "tests").iterdir() if p.is_dir()} - {"__pycache__"}
     assert declared == folders
+
+
+def test_test_modules_have_unique_names_within_each_environment() -> None:
+    """pytest imports the modules of folders without ``__init__.py`` under their bare name, so
+    two such files with one name in folders of one environment's run break its collection."""
+    table = (REPO / "tests" / "environments.txt").read_text().splitlines()
+    envs_of = {
+        line.split()[0]: line.split()[1:]
+        for line in table
+        if line.strip() and not line.startswith("#")
+    }
+    seen: dict[tuple[str, str], str] = {}
+    clashes = []
+    for folder, envs in sorted(envs_of.items()):
+        path = REPO / "tests" / folder
+        if (path / "__init__.py").exists():
+            continue  # a package: its modules are imported under the package's name
+        for module in sorted(p.name for p in path.glob("*.py") if p.name != "conftest.py"):
+            for env in envs:
+                other = seen.setdefault((env, module), folder)
+                if other != folder:
+                    clashes.append(f"tests/{other}/{module} and tests/{folder}/{module} ({env})")
+    assert not clashes, "rename one of each pair (e.g. prefix the folder): " + "; ".join(clashes)
