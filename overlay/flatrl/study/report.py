@@ -218,7 +218,7 @@ def _plot_curves(
     if drawn:
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
-        ax.set_title(f"{study.name}: {metric} (mean, 95% bootstrap CI over seeds)")
+        ax.set_title(f"{study.name}: {metric}\n(mean, 95% bootstrap CI over seeds)", fontsize=10)
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=120)
