@@ -145,6 +145,27 @@ def make_check(tmp_path: Path, table: str, folders: list[str]) -> subprocess.Com
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+def test_a_pin_naming_several_environments_gets_a_pth_line_in_each(tmp_path: Path) -> None:
+    """`env = ["a", "b"]`: one patched tree imported by two environments (pinned and current)."""
+    root = toy_release(tmp_path)
+    pin = root / "vendor" / "toy.toml"
+    pin.write_text(pin.read_text() + 'env = ["first", "second"]\n')
+    assert tool(root, "apply", "toy").returncode == 0
+    venvs = tmp_path / "venvs"
+    missing = tool(root, "pth", "--venv", str(venvs))
+    assert missing.returncode != 0 and "names env 'first'" in missing.stderr
+    for env in ("first", "second"):
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(venvs / env)], check=True
+        )
+    result = tool(root, "pth", "--venv", str(venvs))
+    assert result.returncode == 0, result.stderr
+    written = sorted(venvs.glob("*/lib/python*/site-packages/flatrl-toy.pth"))
+    assert [path.relative_to(venvs).parts[0] for path in written] == ["first", "second"]
+    tree = str((root / "build" / "toy").resolve())
+    assert {path.read_text().strip() for path in written} == {tree}
+
+
 def test_a_test_folder_without_an_environment_fails_loudly(tmp_path: Path) -> None:
     table = "# folder envs\ncore alpha beta\nagent beta\n"
     ok = make_check(tmp_path / "ok", table, ["core", "agent", "__pycache__"])

@@ -93,8 +93,7 @@ def cmd_wheel(project: Project, args: argparse.Namespace) -> int:
 
 def cmd_pth(project: Project, args: argparse.Namespace) -> int:
     for name in iter_names(project, args.names):
-        pth = install_pth(project, project.pin(name), args.venv.resolve())
-        if pth is not None:
+        for pth in install_pth(project, project.pin(name), args.venv.resolve()):
             print(f"{name}: {pth} -> {pth.read_text().strip()}")
     return 0
 

@@ -27,9 +27,17 @@ class Pin:
     commit: str | None = None
     tree_sha256: str | None = None
     package: str | None = None  # PyPI project name, defaults to name
-    env: str | None = None  # the environment (.venv/<env>) that imports the tree via a .pth
+    # the environment(s) (.venv/<env>) that import the tree via a .pth: "a" or ["a", "b"]
+    env: str | list[str] | None = None
     import_path: str = "."  # the directory of the tree that goes on that environment's sys.path
     version_file: str | None = None  # file holding the version string, for `wheel`
+
+    @property
+    def envs(self) -> tuple[str, ...]:
+        """The environments that import the tree: `env = "a"` or `env = ["a", "b"]` in the pin."""
+        if self.env is None:
+            return ()
+        return (self.env,) if isinstance(self.env, str) else tuple(self.env)
 
     @property
     def env_var(self) -> str:

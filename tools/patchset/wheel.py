@@ -75,27 +75,31 @@ def set_version(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(f"{quoted[0]}{old}{quoted[0]}", f"{quoted[0]}{new}{quoted[0]}"))
 
 
-def install_pth(project: Project, pin: Pin, venv_root: Path) -> Path | None:
-    """Write <venv>/<site-packages>/flatrl-<name>.pth naming the tree's import_path.
+def install_pth(project: Project, pin: Pin, venv_root: Path) -> list[Path]:
+    """Write <venv>/<site-packages>/flatrl-<name>.pth naming the tree's import_path, in each
+    environment the pin names.
 
     A .pth line rather than `pip install -e`: the latter rewrites the tree's egg-info and
     leaves it with edits that the next `apply` refuses to overwrite.
     """
-    if not pin.env or not project.tree(pin.name).is_dir():
-        return None
-    python = venv_root / pin.env / "bin" / "python"
-    if not python.exists():
-        raise ToolError(
-            f"{pin.name}: {pin.path} says env = {pin.env!r}, but {python} does not exist; "
-            "run `make setup` (environments are made from requirements/<env>.txt)."
-        )
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    target = (project.tree(pin.name) / pin.import_path).resolve()
-    pth = Path(site) / f"flatrl-{pin.name}.pth"
-    pth.write_text(f"{target}\n")
-    return pth
+    if not pin.envs or not project.tree(pin.name).is_dir():
+        return []
+    written = []
+    for env in pin.envs:
+        python = venv_root / env / "bin" / "python"
+        if not python.exists():
+            raise ToolError(
+                f"{pin.name}: {pin.path} names env {env!r}, but {python} does not exist; "
+                "run `make setup` (environments are made from requirements/<env>.txt)."
+            )
+        site = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        target = (project.tree(pin.name) / pin.import_path).resolve()
+        pth = Path(site) / f"flatrl-{pin.name}.pth"
+        pth.write_text(f"{target}\n")
+        written.append(pth)
+    return written
