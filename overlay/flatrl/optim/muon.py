@@ -8,6 +8,22 @@ group layout, state (``momentum_buffer``) and update rule, and only picks the Ne
 dtype: bfloat16 on CUDA (as torch), float32 elsewhere, or whatever ``ns_dtype`` says. With
 ``ns_dtype=torch.bfloat16`` it reproduces ``torch.optim.Muon`` bit for bit (tested).
 
+Two additions to torch's rule, neither of which changes a result beyond float rounding:
+
+* **Batched Newton-Schulz.** torch orthogonalises one matrix at a time. Here every matrix of a
+  step with the same shape (and Newton-Schulz settings) is stacked and orthogonalised in one
+  chain of batched products (``torch.bmm``/``torch.baddbmm``), across param groups: one kernel
+  call per product instead of one per matrix. Each member keeps its own normalisation, so the
+  result is that of the per-matrix iteration (bit for bit on the CPUs we test; tested within
+  float tolerance). ``Muon(..., batched=False)`` keeps torch's one-at-a-time loop.
+* **Stacked (3-D) weights.** A parameter of shape ``(members, rows, cols)`` is a stack of
+  ``members`` matrices along its first dimension, the layout of an ensemble built with
+  ``tensordict.from_modules`` or ``torch.func.stack_module_state`` (TD-MPC2's Q ensemble).
+  Each member is orthogonalised on its own and gets the learning-rate scaling of its own
+  ``(rows, cols)`` shape, exactly as if it were a separate 2-D parameter. torch's Muon rejects
+  such parameters. Which parameters of a module are stacked is said with
+  ``muon_param_groups(module, stacked=[...])`` (see :mod:`flatrl.optim.param_split`).
+
 ``torch.optim.Muon`` exists from torch 2.9 on. On an older torch this module (and so
 ``flatrl.optim``, whose SAM and Adam paths do not need Muon) still imports; only constructing
 :class:`Muon` raises :class:`MuonUnavailableError`, naming the torch found and the one needed.
@@ -82,8 +98,63 @@ def newton_schulz(
     return x.T if tall else x
 
 
+def newton_schulz_batched(
+    stack: Tensor,
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    dtype: torch.dtype,
+) -> Tensor:
+    """:func:`newton_schulz` of every matrix of a ``(members, rows, cols)`` stack, in one go.
+
+    The same operations as the 2-D iteration, batched: each member is divided by its own
+    Frobenius norm, then ``steps`` rounds of three batched products. The result is the stack of
+    the members' own Newton-Schulz results (the members do not mix); what is saved is the
+    per-matrix kernel launches and Python overhead, which dominate for small matrices and on
+    GPUs. Never modifies ``stack``.
+    """
+    if stack.ndim != 3:
+        raise ValueError(
+            f"Batched Newton-Schulz needs a (members, rows, cols) stack, got shape "
+            f"{tuple(stack.shape)}; use newton_schulz for a single 2-D matrix."
+        )
+    return _newton_schulz_owned(stack.to(dtype, copy=True), coefficients, steps, eps)
+
+
+def _newton_schulz_owned(
+    x: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> Tensor:
+    """The batched iteration on a stack this function may overwrite (normalised in place)."""
+    a, b, c = coefficients
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x.div_(x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps))
+    for _ in range(steps):
+        gram = torch.bmm(x, x.mT)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.baddbmm(x, poly, x, beta=a)
+    return x.mT if tall else x
+
+
+def newton_schulz_flops(shape: tuple[int, ...] | torch.Size, steps: int = 5) -> int:
+    """Multiply-add FLOPs (2 per multiply-add) of Newton-Schulz on a 2-D or stacked 3-D shape.
+
+    Per step on an ``m x n`` matrix (``m <= n`` after the transpose of a tall one): the Gram
+    matrix ``x x^T`` (2 m^2 n), its square (2 m^3) and the product with ``x`` (2 m^2 n). The
+    arithmetic model the benches print next to measured time; elementwise work is left out.
+    """
+    *members, rows, cols = shape
+    m, n = min(rows, cols), max(rows, cols)
+    return math.prod(members) * steps * (4 * m * m * n + 2 * m**3)
+
+
 def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
-    """Muon's shape-dependent learning-rate scaling (same rules as torch.optim.Muon)."""
+    """Muon's shape-dependent learning-rate scaling (same rules as torch.optim.Muon).
+
+    ``shape`` is a matrix's ``(rows, cols)``; for a stacked ``(members, rows, cols)`` weight
+    pass ``shape[-2:]``, the shape of one member.
+    """
     rows, cols = shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         ratio = math.sqrt(max(1, rows / cols))
@@ -104,18 +175,30 @@ def _resolve_dtype(ns_dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 class Muon(_MuonBase):
-    """``torch.optim.Muon`` whose Newton-Schulz dtype follows the device (see module doc).
+    """``torch.optim.Muon`` with a device-suited Newton-Schulz dtype, batched Newton-Schulz and
+    stacked 3-D weights (see module doc).
 
     Args:
-        params, **kwargs: exactly as ``torch.optim.Muon``.
+        params, **kwargs: exactly as ``torch.optim.Muon`` (validated by torch's constructor),
+            except that a parameter may also be a ``(members, rows, cols)`` stack of matrices.
         ns_dtype: ``None`` (bfloat16 on CUDA, float32 elsewhere), ``"float32"``,
             ``"bfloat16"`` or ``"float64"``. Stored per param group.
+        batched: orthogonalise same-shape matrices together (default); ``False`` runs one
+            Newton-Schulz per matrix, as torch does (for comparison; same results).
 
     Raises:
         MuonUnavailableError: on a torch without ``torch.optim.Muon`` (before torch 2.9).
+        ValueError: a parameter that is neither a 2-D matrix nor a 3-D stack of matrices.
     """
 
-    def __init__(self, params: Any, *args: Any, ns_dtype: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        params: Any,
+        *args: Any,
+        ns_dtype: str | None = None,
+        batched: bool = True,
+        **kwargs: Any,
+    ):
         if _TorchMuon is None:
             raise _muon_unavailable()
         if ns_dtype is not None and ns_dtype not in _DTYPES:
@@ -123,25 +206,59 @@ class Muon(_MuonBase):
                 f"ns_dtype must be None or one of {sorted(_DTYPES)}, got {ns_dtype!r}."
             )
         self._default_ns_dtype = ns_dtype  # read by add_param_group during __init__
-        super().__init__(params, *args, **kwargs)
-        self.defaults["ns_dtype"] = ns_dtype
+        self.batched = bool(batched)
+        # torch's constructor checks the hyperparameters and fills the defaults, but refuses
+        # stacked 3-D weights; let it do both on a placeholder matrix, then register the real
+        # parameters with those defaults (our add_param_group checks their shapes).
+        placeholder = torch.zeros(2, 2, requires_grad=True)
+        defaults = dict(_TorchMuon([placeholder], *args, **kwargs).defaults, ns_dtype=ns_dtype)
+        torch.optim.Optimizer.__init__(self, params, defaults)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's state (defaults, state, groups) plus the two settings kept outside groups."""
+        state = super().__getstate__()
+        state["_default_ns_dtype"] = self._default_ns_dtype
+        state["batched"] = self.batched
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`__getstate__` kept (``load_state_dict`` passes neither: keep)."""
+        defaults = state.get("defaults", getattr(self, "defaults", {}))
+        default_ns_dtype = state.pop(
+            "_default_ns_dtype", getattr(self, "_default_ns_dtype", defaults.get("ns_dtype"))
+        )
+        batched = state.pop("batched", getattr(self, "batched", True))
+        super().__setstate__(state)
+        self._default_ns_dtype = default_ns_dtype
+        self.batched = batched
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As torch's, plus the ``ns_dtype`` default."""
+        """As torch's, plus the ``ns_dtype`` default and the shape check (2-D or stacked 3-D)."""
         param_group.setdefault("ns_dtype", self._default_ns_dtype)
         super().add_param_group(param_group)
+        for p in self.param_groups[-1]["params"]:
+            if p.ndim not in (2, 3):
+                raise ValueError(
+                    "Muon only supports 2D weight matrices and 3-D stacks of them (members, "
+                    f"rows, cols), but got a parameter of size {tuple(p.shape)}; give vectors, "
+                    "scalars and other tensors to Adam (flatrl.optim.muon_param_groups splits "
+                    "a module's parameters this way)."
+                )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One Muon update (torch's rule; Newton-Schulz in the group's dtype)."""
+        """One Muon update: torch's rule, Newton-Schulz in the group's dtype, same-shape
+        matrices (stack members included) orthogonalised together."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Momentum first, per parameter; then one Newton-Schulz per bucket of matrices that
+        # share a shape and Newton-Schulz settings (across groups: the settings, not the learning
+        # rate, decide the orthogonalisation); then each parameter's own update.
+        buckets: dict[tuple[Any, ...], list[tuple[Tensor, dict[str, Any], Tensor]]] = {}
         for group in self.param_groups:
-            lr = group["lr"]
-            lr = float(lr) if isinstance(lr, Tensor) else lr
-            momentum, weight_decay = group["momentum"], group["weight_decay"]
+            momentum = group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -156,13 +273,55 @@ class Muon(_MuonBase):
                 buf = state["momentum_buffer"]
                 buf.lerp_(grad, 1 - momentum)
                 update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = newton_schulz(
-                    update,
-                    group["ns_coefficients"],
+                key = (
+                    tuple(p.shape[-2:]),
+                    p.device,
+                    _resolve_dtype(group.get("ns_dtype"), p.device),
+                    tuple(group["ns_coefficients"]),
                     group["ns_steps"],
                     group["eps"],
-                    _resolve_dtype(group.get("ns_dtype"), p.device),
                 )
-                p.mul_(1 - lr * weight_decay)
-                p.add_(update, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape))
+                if not self.batched:
+                    key += (len(buckets),)  # every matrix in a bucket of its own
+                buckets.setdefault(key, []).append((p, group, update))
+        for (_, _, dtype, coefficients, steps, eps, *_), items in buckets.items():
+            updates = [update for _, _, update in items]
+            orthos = _orthogonalise(updates, coefficients, steps, eps, dtype, self.batched)
+            for (p, group, _), ortho in zip(items, orthos, strict=True):
+                lr = group["lr"]
+                lr = float(lr) if isinstance(lr, Tensor) else lr
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(ortho, alpha=-adjusted_lr(lr, group["adjust_lr_fn"], p.shape[-2:]))
         return loss
+
+
+def _orthogonalise(
+    updates: list[Tensor],
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    dtype: torch.dtype,
+    batched: bool,
+) -> list[Tensor]:
+    """Newton-Schulz of each update (2-D, or 3-D stacked members), each shaped as its update.
+
+    One 2-D matrix alone takes the 2-D path (torch's exact sequence of operations); anything
+    else is stacked into one ``(members, rows, cols)`` tensor and orthogonalised in one batched
+    chain, unless ``batched`` is off (then a loop, one matrix or member at a time).
+    """
+    if not batched:
+        return [
+            newton_schulz(u, coefficients, steps, eps, dtype)
+            if u.ndim == 2
+            else torch.stack([newton_schulz(m, coefficients, steps, eps, dtype) for m in u])
+            for u in updates
+        ]
+    if len(updates) == 1 and updates[0].ndim == 2:
+        return [newton_schulz(updates[0], coefficients, steps, eps, dtype)]
+    members = [u.to(dtype).reshape(-1, *u.shape[-2:]) for u in updates]
+    # torch.cat makes the one copy the in-place normalisation needs (the inputs may be the
+    # momentum buffers themselves).
+    stack = members[0].clone() if len(members) == 1 else torch.cat(members)
+    out = _newton_schulz_owned(stack, coefficients, steps, eps)
+    sizes = [m.shape[0] for m in members]
+    return [o.view(u.shape) for o, u in zip(out.split(sizes), updates, strict=True)]

@@ -1,9 +1,22 @@
 """Which parameters Muon gets (the split), and one factory for every optimizer case.
 
 Muon (``torch.optim.Muon``) orthogonalises the momentum of a weight *matrix*, which only makes
-sense for hidden linear maps. Everything else (biases, norm scales, embeddings, stacked ensemble
-weights with more than two dimensions, and by default the first and last layer, whose shapes
-are tied to observation/action sizes) goes to an Adam/AdamW fallback.
+sense for hidden linear maps. Everything else (biases, norm scales, embeddings, and by default
+the first and last layer, whose shapes are tied to observation/action sizes) goes to an
+Adam/AdamW fallback.
+
+Stacked ensembles. An ensemble built with ``tensordict.from_modules`` or
+``torch.func.stack_module_state`` (TD-MPC2's Q ensemble) stores each layer's weights as one
+``(members, out, in)`` tensor and its biases and norm scales as ``(members, out)``. Shapes alone
+cannot tell such a stack from a convolution kernel, or a stacked bias from a real matrix, so the
+caller names the stacked parts: ``muon_param_groups(model, stacked=["_Qs"])`` (names of
+submodules or parameters, as in ``named_modules()``/``named_parameters()``; ``""`` is the whole
+module). Under a stacked name, every parameter has a leading member dimension: a 3-D weight is a
+stack of hidden matrices that :class:`flatrl.optim.Muon` orthogonalises member by member; the
+first and last stacked weight (the members' input and output layers) and every 2-D or 1-D
+tensor (stacked biases, norm scales) go to the fallback, just as for an ordinary MLP.
+Parameters with more than two dimensions that are not under a stacked name always go to the
+fallback.
 """
 
 from __future__ import annotations
@@ -22,12 +35,17 @@ FALLBACKS = ("adam", "adamw")
 
 
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+    return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _edge_linear_names(module: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of the first and last ``nn.Linear`` in registration order (the default heuristic)."""
-    linears = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+def _edge_linear_names(module: nn.Module, stacked: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Names of the first and last ``nn.Linear`` in registration order (the default heuristic),
+    outside the stacked parts (an ensemble keeps a parameterless template of its member)."""
+    linears = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Linear) and not _matches(name, stacked)
+    ]
     if not linears:
         return [], []
     return [linears[0]], [linears[-1]]
@@ -47,6 +65,45 @@ def _check_names(module: nn.Module, names: Sequence[str] | None, what: str) -> N
         )
 
 
+def _check_stacked(module: nn.Module, stacked: Sequence[str] | None) -> list[str]:
+    if stacked is None:
+        return []
+    if isinstance(stacked, str):
+        raise TypeError(f"stacked must be a list of names, e.g. stacked=['{stacked}'].")
+    known = {name for name, _ in module.named_modules()} | {
+        name for name, _ in module.named_parameters()
+    }
+    missing = [n for n in stacked if n not in known]
+    if missing:
+        raise ValueError(
+            f"stacked={missing} name no submodule or parameter of {type(module).__name__}; use "
+            "names from module.named_modules() or named_parameters() (e.g. '_Qs'), or '' for "
+            "the whole module."
+        )
+    return list(stacked)
+
+
+def _is_stacked_matrix(p: Tensor) -> bool:
+    """A (members, rows, cols) stack whose matrices have both sides > 1 (see _is_proper_matrix)."""
+    return p.ndim == 3 and min(p.shape[1:]) > 1
+
+
+def _stacked_edges(module: nn.Module, stacked: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Per stacked name, its first and last stacked weight: the members' input/output layers."""
+    first: list[str] = []
+    last: list[str] = []
+    for entry in stacked:
+        weights = [
+            name
+            for name, p in module.named_parameters()
+            if _matches(name, [entry]) and p.ndim == 3 and "bias" not in name.rsplit(".", 1)[-1]
+        ]
+        if weights:
+            first.append(weights[0])
+            last.append(weights[-1])
+    return first, last
+
+
 def _is_proper_matrix(p: Tensor) -> bool:
     """2-D with both sides > 1. Newton-Schulz turns a 1xN or Nx1 matrix (and a 1x1 scalar such
     as d3rlpy's ``log_temp``) into ``g / ||g||`` times a constant, a sign-like step of fixed size
@@ -60,6 +117,7 @@ def muon_param_groups(
     apply_last_layer: bool = False,
     first_layer_names: Sequence[str] | None = None,
     last_layer_names: Sequence[str] | None = None,
+    stacked: Sequence[str] | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Split ``module``'s trainable parameters into (Muon params, fallback params).
 
@@ -69,10 +127,20 @@ def muon_param_groups(
     ``apply_first_layer`` / ``apply_last_layer`` is set. ``first_layer_names`` /
     ``last_layer_names`` are module-name prefixes (e.g. ``["_encoder.state.0"]``); by default the
     first and last ``nn.Linear`` in registration order are the first and last layer.
+
+    ``stacked`` names the stacked ensembles (module or parameter names, ``""`` for all of
+    ``module``; see the module doc): their 3-D weights go to Muon, member by member, except the
+    first and last stacked weight of each name (unless ``apply_first_layer`` /
+    ``apply_last_layer``; explicit ``first_layer_names`` / ``last_layer_names`` replace this
+    default too); their 2-D and 1-D tensors go to the fallback.
     """
     _check_names(module, first_layer_names, "first_layer_names")
     _check_names(module, last_layer_names, "last_layer_names")
-    default_first, default_last = _edge_linear_names(module)
+    stacked = _check_stacked(module, stacked)
+    default_first, default_last = _edge_linear_names(module, stacked)
+    stacked_first, stacked_last = _stacked_edges(module, stacked)
+    default_first += stacked_first
+    default_last += stacked_last
     first = list(first_layer_names) if first_layer_names is not None else default_first
     last = list(last_layer_names) if last_layer_names is not None else default_last
     embedding_param_ids = {
@@ -88,9 +156,8 @@ def muon_param_groups(
         if not p.requires_grad:
             continue
         leaf = name.rsplit(".", 1)[-1]
-        hidden_matrix = (
-            _is_proper_matrix(p) and "bias" not in leaf and id(p) not in embedding_param_ids
-        )
+        matrix = _is_stacked_matrix(p) if _matches(name, stacked) else _is_proper_matrix(p)
+        hidden_matrix = matrix and "bias" not in leaf and id(p) not in embedding_param_ids
         if hidden_matrix and not apply_first_layer and _matches(name, first):
             hidden_matrix = False
         if hidden_matrix and not apply_last_layer and _matches(name, last):
@@ -116,6 +183,7 @@ def build_optimizer(
     adjust_lr_fn: str | None = None,
     eps: float = 1e-8,
     ns_dtype: str | None = None,
+    stacked: Sequence[str] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer for one experimental case over ``module``'s parameters.
 
@@ -130,7 +198,8 @@ def build_optimizer(
 
     Muon is :class:`flatrl.optim.muon.Muon`, a ``torch.optim.Muon`` whose Newton-Schulz runs
     in bfloat16 on CUDA (as torch's) and in float32 on CPU, where torch's bfloat16 path is about
-    30x slower; ``ns_dtype`` overrides the choice.
+    30x slower; ``ns_dtype`` overrides the choice. ``stacked`` names stacked ensembles whose
+    3-D weights Muon orthogonalises member by member (see :func:`muon_param_groups`).
     """
     if case not in CASES:
         raise ValueError(f"optimizer case must be one of {CASES}, got {case!r}.")
@@ -149,7 +218,7 @@ def build_optimizer(
         return opt
 
     muon_params, fallback_params = muon_param_groups(
-        module, apply_first_layer, apply_last_layer, first_layer_names, last_layer_names
+        module, apply_first_layer, apply_last_layer, first_layer_names, last_layer_names, stacked
     )
     optimizers: list[torch.optim.Optimizer] = []
     if muon_params:
