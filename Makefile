@@ -55,7 +55,7 @@ vendor:
 # Builds every patched tree it can; an upstream whose source cannot be obtained is skipped
 # with a message saying how to supply it (tests that need it then skip too).
 apply: setup
-	$(PYTHON) apply_patches.py apply --keep-going
+	$(PYTHON) apply_patches.py apply --keep-going --venv $(VENV)
 	@# each pin with `env = "<env>"` gets a .pth line in .venv/<env> naming its tree (`pip install
 	@# -e` would rewrite the tree's egg-info and leave edits that the next apply refuses to overwrite)
 	$(PYTHON) apply_patches.py pth --venv $(VENV)

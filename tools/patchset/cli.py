@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("names", nargs="*")
     apply.add_argument("--force", action="store_true", help="discard edits in the tree")
     apply.add_argument(
+        "--venv", type=Path, default=None, help="folder of environments (build_env); .venv"
+    )
+    apply.add_argument(
         "--keep-going",
         action="store_true",
         help="build the others when an upstream's source is unavailable",
@@ -182,8 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; a ToolError is printed as `error: ...` with exit status 2."""
     args = build_parser().parse_args(argv)
     try:
+        venv_root = getattr(args, "venv", None) or args.root / ".venv"
         sources = Sources(
-            args.cache.expanduser().resolve(), parse_sources(args.source), args.offline
+            args.cache.expanduser().resolve(),
+            parse_sources(args.source),
+            args.offline,
+            venv_root=venv_root.resolve(),
         )
         return args.func(Project(args.root.resolve(), sources), args)
     except ToolError as exc:

@@ -101,6 +101,7 @@ class Rebase:
         self._git("clean", "-qfdx", check=False)
         self._git("branch", "-D", BRANCH, check=False)
         rebase_state_path(self.tree).unlink()
+        self.project.build_in_place(self.name)  # `git clean -x` removed built extensions
         return [
             f"{self.name}: rebase aborted; the tree is back on {self.project.pin(self.name).ref}"
         ]
@@ -192,4 +193,5 @@ class Rebase:
         pin.save(**{k: new[k] for k in keys}, tree_sha256=new["tree_sha256"])
         rebase_state_path(self.tree).unlink()
         self.project.refresh(self.name)
+        self.project.build_in_place(self.name)  # the new upstream's extensions, if it has any
         return [*state["report"], f"{self.name}: rebased onto {pin.ref}; pin and patches/ updated."]

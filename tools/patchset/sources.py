@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .build import pip_download_args
 from .common import (
     SourceUnavailable,
     ToolError,
@@ -34,10 +35,18 @@ from .pins import Pin
 class Sources:
     """Finds, verifies and caches upstream sources."""
 
-    def __init__(self, cache_dir: Path, overrides: dict[str, str], offline: bool) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        overrides: dict[str, str],
+        offline: bool,
+        venv_root: Path | None = None,
+    ) -> None:
         self.cache_dir = cache_dir
         self.overrides = overrides
         self.offline = offline
+        # where build_env environments live (a pin built without isolation downloads there)
+        self.venv_root = venv_root or Path(".venv").resolve()
 
     def override_for(self, pin: Pin) -> Path | None:
         value = self.overrides.get(pin.name) or os.environ.get(pin.env_var)
@@ -187,7 +196,7 @@ class Sources:
                 ) from exc
             return
         try:
-            sdist = self._pip_download(f"{pin.package or pin.name}=={pin.version}")
+            sdist = self._pip_download(pin, f"{pin.package or pin.name}=={pin.version}")
         except SourceUnavailable as exc:
             raise SourceUnavailable(
                 f"{pin.name}: cannot obtain {pin.ref}: no override ({pin.env_var}), not in the "
@@ -199,13 +208,12 @@ class Sources:
         finally:
             shutil.rmtree(sdist.parent, ignore_errors=True)
 
-    @staticmethod
-    def _pip_download(spec: str) -> Path:
+    def _pip_download(self, pin: Pin, spec: str) -> Path:
         """Download one sdist with pip into a fresh temporary directory; return its path."""
+        pip = pip_download_args(pin, self.venv_root, sys.executable)
         tmp = tempfile.mkdtemp(prefix="flatrl-sdist-")
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q"]
-            + ["-d", tmp, spec],
+            [*pip, "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp, spec],
             capture_output=True,
             text=True,
         )
@@ -257,7 +265,7 @@ class Sources:
                 f"{pin.name}: {version} is not in the cache and --offline "
                 "was given. " + self.how_to_supply(probe)
             )
-        sdist = self._pip_download(f"{pin.package or pin.name}=={version}")
+        sdist = self._pip_download(pin, f"{pin.package or pin.name}=={version}")
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sdist, cached)
         shutil.rmtree(sdist.parent, ignore_errors=True)

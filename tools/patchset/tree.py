@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .build import build_extensions, is_built, output_files
 from .common import (
     REBASE_STATE_FILE,
     STAMP_FILE,
@@ -61,7 +62,9 @@ def init_repo(tree: Path, pin: Pin) -> None:
     """Make the unpacked upstream in `tree` the root commit (tagged upstream) of a new repo."""
     run_git(["init", "-q", "-b", "main"], cwd=tree)
     (tree / ".git" / "info").mkdir(exist_ok=True)
-    (tree / ".git" / "info" / "exclude").write_text("\n".join(TREE_EXCLUDES) + "\n")
+    # the pin's build outputs (compiled extensions) are products, never edits
+    excludes = TREE_EXCLUDES + [f"/{pattern}" for pattern in pin.build_outputs]
+    (tree / ".git" / "info" / "exclude").write_text("\n".join(excludes) + "\n")
     run_git(["config", "core.autocrlf", "false"], cwd=tree)
     run_git(["add", "-A", "-f", "."], cwd=tree)
     run_git(["commit", "-q", "--allow-empty", "-m", f"upstream: {pin.ref}"], cwd=tree)
@@ -94,6 +97,11 @@ class Project:
         self.root = root
         self.sources = sources
         self.build_dir = root / "build"
+        self.venv_root = sources.venv_root  # the environments a pin's build_env names
+
+    def series_of(self, pin: Pin) -> list[str]:
+        """Every pin (this one included) that is a series of the same upstream as `pin`."""
+        return [n for n in self.names() if self.pin(n).upstream == pin.upstream]
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "vendor").glob("*.toml"))
@@ -141,6 +149,7 @@ class Project:
             patches = read_series(self.patch_dir(name))
             for path in patches:
                 apply_patch_file(new, path)
+            build_extensions(pin, new, self.venv_root)  # in staging: a failure keeps the old tree
             write_stamp(new, stamp, pin)
             self._swap_in(new, tree)
         finally:
@@ -170,7 +179,12 @@ class Project:
                 f"`python apply_patches.py refresh {name}` to keep them, or pass --force to "
                 "discard them."
             )
-        return recorded.get("stamp") == stamp and not dirty and not moved
+        built = is_built(self.pin(name), tree)  # e.g. extensions removed by `git clean -x`
+        return recorded.get("stamp") == stamp and not dirty and not moved and built
+
+    def build_in_place(self, name: str) -> list[Path]:
+        """Build the extensions of the tree as it stands (after a rebase replaced its files)."""
+        return build_extensions(self.pin(name), self.tree(name), self.venv_root)
 
     def _swap_in(self, new: Path, tree: Path) -> None:
         """Replace tree by new with two renames, so a failure never leaves half a tree."""
@@ -211,6 +225,9 @@ class Project:
     def status(self, name: str) -> list[str]:
         pin = self.pin(name)
         lines = [f"{name}: pinned {pin.ref} ({pin.path.relative_to(self.root)})"]
+        series = self.series_of(pin)
+        if len(series) > 1:
+            lines.append(f"  series of {pin.upstream}: {', '.join(series)}")
         tree = self.tree(name)
         if not is_git_repo(tree):
             count = len(read_series(self.patch_dir(name)))
@@ -225,6 +242,12 @@ class Project:
         lines += [f"    {i:2d}. {subject}" for i, subject in enumerate(applied, start=1)]
         dirty = dirty_files(tree)
         lines.append(f"  uncommitted edits: {', '.join(dirty) if dirty else 'none'}")
+        if pin.build_ext:
+            built = [str(p.relative_to(tree)) for p in output_files(pin, tree)]
+            lines.append(
+                f"  extensions (built in {pin.build_env}): "
+                + (", ".join(built) if is_built(pin, tree) else f"missing; run `apply {name}`")
+            )
         unexported = self.unexported_commits(name)
         lines.append(
             "  commits not in patches/: " + (", ".join(unexported) if unexported else "none")

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .build import check_requires
 from .common import ToolError, extract_commit, is_git_repo
 from .patchfiles import series_id
 from .pins import Pin
@@ -39,6 +40,10 @@ def build_wheel(project: Project, name: str, dist: Path, python: str) -> Path:
     tree = project.tree(name)
     if not is_git_repo(tree):
         raise ToolError(f"{name}: no patched tree at {tree}; run `apply {name}` first.")
+    if pin.build_env:  # the pin names the environment that holds its build requirements
+        python = str(pin.python(project.venv_root))
+        check_requires(pin, Path(python))
+    dist = dist / pin.wheel_subdir if pin.wheel_subdir else dist
     if dirty_files(tree) or project.unexported_commits(name):
         raise ToolError(
             f"{name}: {tree} differs from patches/ (edits or unexported commits), so the "
@@ -84,6 +89,14 @@ def install_pth(project: Project, pin: Pin, venv_root: Path) -> list[Path]:
     """
     if not pin.envs or not project.tree(pin.name).is_dir():
         return []
+    for other in project.series_of(pin):
+        shared = set(pin.envs) & set(project.pin(other).envs) if other != pin.name else set()
+        if shared:
+            raise ToolError(
+                f"{pin.name} and {other} are two series of {pin.upstream}, and both name env "
+                f"{sorted(shared)}: one environment can import only one of them. Give each "
+                "series its own environment (env = ... in vendor/<name>.toml)."
+            )
     written = []
     for env in pin.envs:
         python = venv_root / env / "bin" / "python"
