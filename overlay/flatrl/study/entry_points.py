@@ -14,6 +14,8 @@ entry point     command (cwd = the run directory)          metrics
 ``world_model`` ``.venv/d3rlpy/bin/python -m                TensorBoard ``tb/``
                 flatrl.agents.world_model --flag v ...``   (``eval/mean_return``, ...)
 ``d3rlpy``      ``.venv/d3rlpy/bin/python SCRIPT --flag``   d3rlpy CSVs ``logs/**/<metric>.csv``
+``tdmpc2_       ``.venv/tdmpc2/bin/python -m                ``metrics.csv`` (train losses, held-out
+offline``       flatrl.tdmpc2.offline train k=v ...``      errors, measured sharpness)
 ``command``     any template with {python} {seed} ...      a CSV with a header (``metrics.csv``)
 ==============  =========================================  ========================================
 """
@@ -352,6 +354,35 @@ class D3rlpyScript(EntryPoint):
         return None
 
 
+class TDMPC2Offline(EntryPoint):
+    """``python -m flatrl.tdmpc2.offline train``: TD-MPC2's agent on a fixed DMC dataset, no
+    env steps; the budget is gradient updates (``steps``). Any TD-MPC2 key passes through
+    (``optimizer=SAM sam_scope=dynamics sam_rho=0.05``, and keys later patches add)."""
+
+    name = "tdmpc2_offline"
+    options = {"python": None}
+    reserved = {
+        "seed": "'seeds'",
+        "steps": "'budget'",
+        "run_dir": "the run directory",
+        "resume": "its own resume logic",
+    }
+    env_name = "tdmpc2"
+
+    def launch(self, run: Any, resume: bool) -> Launch:
+        argv = [self.python(), "-m", "flatrl.tdmpc2.offline", "train", *self.render(run.overrides)]
+        argv += [f"seed={run.seed}", f"steps={run.budget}", f"run_dir={run.run_dir}"]
+        if resume and self.can_resume(run.run_dir):
+            argv.append("resume=true")
+        return Launch(argv, run.run_dir, {"MUJOCO_GL": "disable", "OMP_NUM_THREADS": "1"})
+
+    def can_resume(self, run_dir: Path) -> bool:
+        return (Path(run_dir) / "checkpoint.pt").is_file()
+
+    def read_metric(self, run_dir: Path, name: str) -> Series | None:
+        return read_csv_column(Path(run_dir) / "metrics.csv", name)
+
+
 class Command(EntryPoint):
     """Any command (tests, one-off scripts). ``command`` is a template whose tokens may use
     ``{python}`` (this interpreter), ``{seed}``, ``{budget}``, ``{run_dir}``, ``{arm}``,
@@ -398,7 +429,7 @@ class Command(EntryPoint):
 
 
 ENTRY_POINTS: dict[str, type[EntryPoint]] = {
-    cls.name: cls for cls in (TDMPC2, SAC, WorldModel, D3rlpyScript, Command)
+    cls.name: cls for cls in (TDMPC2, SAC, WorldModel, D3rlpyScript, TDMPC2Offline, Command)
 }
 
 

@@ -5,6 +5,12 @@ interquartile mean (IQM) and the mean with 95% stratified-bootstrap confidence i
 probability that the arm improves on the baseline (Agarwal et al., 2021, "Deep RL at the Edge
 of the Statistical Precipice", via ``rliable``). Arms with fewer than ``report.min_seeds``
 finished seeds are marked, not hidden: with 3 seeds an interval says little.
+
+Each arm is compared with its own baseline (``Study.baseline_of``: one study-wide arm, or the
+baseline of its group). With ``report.lower_is_better`` (an error metric) the probability of
+improvement is P(arm < baseline). ``report.correlations`` adds Spearman rank correlations
+between two metrics' final values across runs, with a bootstrap CI over runs, pooled and per
+baseline group ("does lower sharpness go with lower held-out error?").
 """
 
 from __future__ import annotations
@@ -91,23 +97,31 @@ def _require_rliable():
 
 def aggregate(
     scores: dict[str, np.ndarray],
-    baseline: str | None,
+    baseline: str | dict[str, str | None] | None,
     reps: int = 2000,
     seed: int = 0,
+    lower_is_better: bool = False,
 ) -> dict[str, dict[str, object]]:
-    """IQM and mean with 95% stratified-bootstrap CIs per arm; P(arm > baseline) with its CI.
+    """IQM and mean with 95% stratified-bootstrap CIs per arm; P(arm improves on its baseline)
+    with its CI.
 
     ``scores[arm]`` is a 1-D array (one final score per run, a single task). An arm with one
     run gets its point estimates and a zero-width interval (there is nothing to resample).
+    ``baseline`` is one arm for all, or ``{arm: its baseline arm or None}``. Improvement is
+    P(arm > baseline), or P(arm < baseline) with ``lower_is_better`` (ties count half).
     """
     library, metrics = _require_rliable()
+    if not isinstance(baseline, dict):
+        baseline = {arm: (baseline if arm != baseline else None) for arm in scores}
     with warnings.catch_warnings():
         # arch deprecates the RandomState argument rliable passes; the draws are the same
         warnings.filterwarnings("ignore", message="random_state is deprecated")
-        return _aggregate(library, metrics, scores, baseline, reps, seed)
+        return _aggregate(library, metrics, scores, baseline, reps, seed, lower_is_better)
 
 
-def _aggregate(library, metrics, scores, baseline, reps, seed) -> dict[str, dict[str, object]]:
+def _aggregate(
+    library, metrics, scores, baselines, reps, seed, lower_is_better
+) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
 
     def iqm_and_mean(x: np.ndarray) -> np.ndarray:
@@ -137,26 +151,74 @@ def _aggregate(library, metrics, scores, baseline, reps, seed) -> dict[str, dict
             mean_ci=(float(lo[1]), float(hi[1])),
         )
         out[arm] = entry
-    if baseline is not None and len(scores.get(baseline, [])) > 0:
+
+    def improvement(x: np.ndarray, y: np.ndarray) -> float:
+        # rliable's P(X > Y); for an error metric the arm improves when it is lower
+        return (
+            metrics.probability_of_improvement(y, x)
+            if lower_is_better
+            else (metrics.probability_of_improvement(x, y))
+        )
+
+    for i, (arm, values) in enumerate(scores.items()):
+        baseline = baselines.get(arm)
+        if baseline is None or len(values) == 0 or len(scores.get(baseline, [])) == 0:
+            continue
         base = np.asarray(scores[baseline], dtype=float).reshape(-1, 1)
-        for i, (arm, values) in enumerate(scores.items()):
-            if arm == baseline or len(values) == 0:
-                continue
-            x = np.asarray(values, dtype=float).reshape(-1, 1)
-            if min(len(x), len(base)) < 2:
-                p = float(metrics.probability_of_improvement(x, base))
-                out[arm].update(poi=p, poi_ci=(p, p))
-                continue
-            key = f"{arm},{baseline}"
-            points, cis = library.get_interval_estimates(
-                {key: (x, base)},
-                metrics.probability_of_improvement,
-                reps=reps,
-                random_state=np.random.RandomState(seed + 1000 + i),
-            )
-            ci = np.asarray(cis[key]).reshape(-1)
-            out[arm].update(poi=float(points[key]), poi_ci=(float(ci[0]), float(ci[1])))
+        x = np.asarray(values, dtype=float).reshape(-1, 1)
+        if min(len(x), len(base)) < 2:
+            p = float(improvement(x, base))
+            out[arm].update(poi=p, poi_ci=(p, p), baseline=baseline)
+            continue
+        key = f"{arm},{baseline}"
+        points, cis = library.get_interval_estimates(
+            {key: (x, base)},
+            improvement,
+            reps=reps,
+            random_state=np.random.RandomState(seed + 1000 + i),
+        )
+        ci = np.asarray(cis[key]).reshape(-1)
+        out[arm].update(
+            poi=float(points[key]), poi_ci=(float(ci[0]), float(ci[1])), baseline=baseline
+        )
     return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (Spearman's convention)."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=float)
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tie = x == value
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks); nan if either is constant."""
+    rx, ry = _ranks(np.asarray(x, dtype=float)), _ranks(np.asarray(y, dtype=float))
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_ci(
+    x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """Spearman's rho and a 95% percentile-bootstrap CI, resampling runs (pairs) with
+    replacement; resamples with a constant variable are dropped."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    point = spearman(x, y)
+    if len(x) < 3:
+        return point, (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    boot = [spearman(x[i], y[i]) for i in rng.integers(0, len(x), size=(reps, len(x)))]
+    boot = np.array([b for b in boot if not math.isnan(b)])
+    if len(boot) == 0:
+        return point, (math.nan, math.nan)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return point, (float(lo), float(hi))
 
 
 def curve_band(
@@ -243,11 +305,55 @@ def _plot_intervals(study: Study, summary: dict[str, dict[str, object]], path: P
             ax.plot([lo, hi], [y, y], linewidth=6, alpha=0.5, solid_capstyle="butt")
             ax.plot([point], [y], "k|", markersize=14)
         ax.set_yticks(range(len(arms)), arms)
-        ax.set_title(f"{key.upper() if key == 'iqm' else 'Mean'} of final {study.metric}")
+        lower = " (lower is better)" if study.report.lower_is_better else ""
+        ax.set_title(f"{key.upper() if key == 'iqm' else 'Mean'} of final {study.metric}{lower}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+def final_values(study: Study, results: dict[str, list[RunResult]], metric: str) -> dict:
+    """``{(arm, seed): final value of metric}`` over finished runs that logged it."""
+    out = {}
+    for arm, runs in results.items():
+        for r in runs:
+            series = r.series.get(metric)
+            if r.state == FINISHED and series is not None and len(series):
+                out[(arm, r.run.seed)] = final_score(series, study.report)
+    return out
+
+
+def _correlation_lines(study: Study, results: dict[str, list[RunResult]]) -> list[str]:
+    settings = study.report
+    rule = "last value" if settings.final == "last" else f"mean of the last {settings.k}"
+    lines = [
+        "## Rank correlations across runs (Spearman, 95% bootstrap CI over runs)",
+        "",
+        f"Final values ({rule}) of two metrics per finished run; 'all' pools every run, "
+        "the other rows take the runs of one baseline group (arms compared with the same "
+        "baseline, e.g. one task).",
+        "",
+        "| x | y | runs | Spearman rho [95% CI] |",
+        "| --- | --- | --- | --- |",
+    ]
+    for a, b in settings.correlations:
+        fa, fb = final_values(study, results, a), final_values(study, results, b)
+        keys = [k for k in fa if k in fb]
+        groups: dict[str, list] = {"all": keys}
+        for key in keys:
+            group = study.group_of(key[0])
+            if group is not None:
+                groups.setdefault(f"group {group}", []).append(key)
+        if len(groups) == 2:  # one group holds every run: the pooled row says it all
+            groups = {"all": keys}
+        for gi, (label, members) in enumerate(groups.items()):
+            x = np.array([fa[k] for k in members])
+            y = np.array([fb[k] for k in members])
+            rho, ci = spearman_ci(x, y, reps=settings.reps, seed=gi)
+            lines.append(f"| {a} | {b} ({label}) | {len(members)} | {_interval(rho, ci)} |")
+    lines.append("")
+    return lines
 
 
 def _safe(name: str) -> str:
@@ -270,11 +376,16 @@ def write_report(
         arm: np.array([r.final for r in runs if r.final is not None], dtype=float)
         for arm, runs in results.items()
     }
-    summary = aggregate(scores, study.baseline, reps=study.report.reps)
     settings = study.report
+    baselines = {arm: study.baseline_of(arm) for arm in study.arms}
+    summary = aggregate(
+        scores, baselines, reps=settings.reps, lower_is_better=settings.lower_is_better
+    )
     final_rule = (
         "last value" if settings.final == "last" else f"mean of the last {settings.k} values"
     )
+    if settings.lower_is_better:
+        final_rule += " (lower is better)"
     cmd = command or f"python -m flatrl.study run {shlex.quote(str(study.path))}"
     eps = sorted({arm.entry_point.describe() for arm in study.arms.values()})
     lines = [f"# Study `{study.name}`", ""]
@@ -291,7 +402,12 @@ def write_report(
         f"({settings.reps} replicates, rliable)",
         "",
     ]
-    p_header = f"P(arm > {study.baseline}) [95% CI]" if study.baseline else "P(improvement)"
+    op = "<" if settings.lower_is_better else ">"
+    grouped = any(b not in (None, study.baseline) for b in baselines.values())
+    if grouped:
+        p_header = f"P(arm {op} its baseline) [95% CI] vs baseline"
+    else:
+        p_header = f"P(arm {op} {study.baseline}) [95% CI]" if study.baseline else "P(improvement)"
     lines += [
         f"| arm | finished seeds | IQM [95% CI] | mean [95% CI] | {p_header} |",
         "| --- | --- | --- | --- | --- |",
@@ -304,10 +420,12 @@ def write_report(
         if n < settings.min_seeds:
             seeds += f" ⚠ (<{settings.min_seeds})"
             few.append(arm)
-        if arm == study.baseline:
+        if baselines.get(arm) is None and (arm == study.baseline or arm in baselines.values()):
             poi = "baseline"
         elif "poi" in s:
             poi = _interval(s["poi"], s["poi_ci"])
+            if grouped:
+                poi += f" vs {s['baseline']}"
         else:
             poi = "-"
         lines.append(
@@ -348,6 +466,8 @@ def write_report(
                 cells.append(f"{_fmt(float(np.mean(finals)))} (n={len(finals)})" if finals else "-")
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")
+    if settings.correlations:
+        lines += _correlation_lines(study, results)
     figures = []
     for name in (study.metric, *study.extra_metrics):
         png = out / f"curves_{_safe(name)}.png"

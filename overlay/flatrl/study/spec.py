@@ -8,7 +8,7 @@ A study is one YAML file (see ``studies/smoke-command.yaml``)::
     budget: 100000                 # steps / epochs, in the entry point's own unit
     metric: episode_reward         # what the report ranks
     extra_metrics: [train/sharpness]
-    baseline: adam
+    baseline: adam                 # or per group: {groups: {cartpole: cartpole-adam, ...}}
     overrides: {task: cartpole-swingup}
     arms:
       adam: {}
@@ -43,8 +43,16 @@ TOP_LEVEL_KEYS = (
     "workers",
 )
 REQUIRED_KEYS = ("name", "entry_point", "seeds", "budget", "metric", "arms")
-ARM_KEYS = ("overrides", "entry_point")
-REPORT_KEYS = {"final": ("last", "mean_last_k"), "k": None, "reps": None, "min_seeds": None}
+ARM_KEYS = ("overrides", "entry_point", "baseline")
+BASELINE_KEYS = ("groups", "default")
+REPORT_KEYS = {
+    "final": ("last", "mean_last_k"),
+    "k": None,
+    "reps": None,
+    "min_seeds": None,
+    "lower_is_better": None,
+    "correlations": None,
+}
 SLURM_KEYS = (
     "partition",
     "gpus",
@@ -82,6 +90,10 @@ class ReportSettings:
     # width of the interval for the 5-20 seeds of a study
     reps: int = 2000
     min_seeds: int = 5  # arms with fewer finished seeds are marked in the report
+    # the metric is an error (lower is better): P(improvement) is then P(arm < baseline)
+    lower_is_better: bool = False
+    # pairs of metrics whose final values are rank-correlated across runs (Spearman + CI)
+    correlations: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,11 +112,21 @@ class Study:
     budget: int
     metric: str
     extra_metrics: tuple[str, ...] = ()
-    baseline: str | None = None
+    baseline: str | None = None  # the one baseline of every arm (a plain ``baseline: ARM``)
     description: str = ""
     report: ReportSettings = field(default_factory=ReportSettings)
     slurm: dict[str, Any] = field(default_factory=dict)
     workers: int | None = None
+    # arm -> the arm it is compared with (None: no comparison); see :func:`_baselines`
+    baselines: dict[str, str | None] = field(default_factory=dict)
+
+    def baseline_of(self, arm: str) -> str | None:
+        """The arm that ``arm`` is compared with (the study-wide baseline unless grouped)."""
+        return self.baselines.get(arm, self.baseline)
+
+    def group_of(self, arm: str) -> str | None:
+        """The name of the baseline group of ``arm`` (its baseline arm), if any."""
+        return self.baseline_of(arm) or (arm if arm in self.baselines.values() else None)
 
     def run_dir(self, runs_root: Path, arm: str, seed: int) -> Path:
         """One directory per arm x seed: ``<runs_root>/<study>/<arm>/seed_<s>/``."""
@@ -171,7 +193,89 @@ def _report(value: Any, source: str) -> ReportSettings:
     k = _positive_int(raw.get("k", 1), "report.k", source)
     reps = _positive_int(raw.get("reps", 2000), "report.reps", source)
     min_seeds = _positive_int(raw.get("min_seeds", 5), "report.min_seeds", source)
-    return ReportSettings(final=final, k=k, reps=reps, min_seeds=min_seeds)
+    lower = raw.get("lower_is_better", False)
+    if not isinstance(lower, bool):
+        raise StudyError(
+            f"{source}: 'report.lower_is_better' must be true (the metric is an error) or false, "
+            f"got {lower!r}."
+        )
+    pairs = raw.get("correlations") or []
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(m, str) and m for m in p)
+        for p in pairs
+    ):
+        raise StudyError(
+            f"{source}: 'report.correlations' must be a list of metric pairs, e.g. "
+            "[[measured_sharpness, heldout_consistency]]."
+        )
+    return ReportSettings(
+        final=final,
+        k=k,
+        reps=reps,
+        min_seeds=min_seeds,
+        lower_is_better=lower,
+        correlations=tuple((a, b) for a, b in pairs),
+    )
+
+
+def _arm_name(value: Any, key: str, arms: dict[str, Any], source: str) -> str:
+    if value not in arms:
+        close = difflib.get_close_matches(str(value), list(arms), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise StudyError(
+            f"{source}: '{key}' = {value!r} is not an arm{hint}; set it to one of: "
+            f"{', '.join(arms)}, or remove it."
+        )
+    return value
+
+
+def _baselines(
+    raw: Any, per_arm: dict[str, Any], arms: dict[str, Any], source: str
+) -> tuple[str | None, dict[str, str | None]]:
+    """``(study-wide baseline, arm -> its baseline)`` from the ``baseline`` key and the arms'.
+
+    ``baseline: ARM`` compares every arm with ARM. ``baseline: {groups: {PREFIX: ARM, ...},
+    default: ARM}`` compares each arm with the baseline of the longest PREFIX its name starts
+    with (``cql-lunarlander-sam0.05`` -> ``cql-lunarlander``), arms in no group with
+    ``default`` (or with nothing). An arm's own ``baseline: ARM`` wins over both.
+    """
+    study_wide: str | None = None
+    groups: dict[str, str] = {}
+    default: str | None = None
+    if isinstance(raw, dict):
+        for key in raw:
+            if key not in BASELINE_KEYS:
+                raise _unknown(key, "'baseline'", BASELINE_KEYS, source)
+        groups = _mapping(raw.get("groups"), "baseline.groups", source)
+        if not groups:
+            raise StudyError(
+                f"{source}: 'baseline.groups' must map name prefixes to their baseline arm, e.g. "
+                "'groups: {iql-pendulum: iql-pendulum-adam}'."
+            )
+        for prefix, arm in groups.items():
+            _arm_name(arm, f"baseline.groups.{prefix}", arms, source)
+            if not str(arm).startswith(str(prefix)):
+                raise StudyError(
+                    f"{source}: 'baseline.groups.{prefix}' = {arm!r} is not in its own group "
+                    f"(its name does not start with '{prefix}'); name an arm of that group."
+                )
+        if raw.get("default") is not None:
+            default = _arm_name(raw["default"], "baseline.default", arms, source)
+    elif raw is not None:
+        study_wide = _arm_name(raw, "baseline", arms, source)
+    out: dict[str, str | None] = {}
+    for arm in arms:
+        if arm in per_arm:
+            out[arm] = _arm_name(per_arm[arm], f"arms.{arm}.baseline", arms, source)
+            continue
+        matches = [p for p in groups if arm.startswith(str(p))]
+        if matches:
+            out[arm] = groups[max(matches, key=len)]
+        elif groups:
+            out[arm] = default
+        else:
+            out[arm] = study_wide
+    return study_wide, {arm: (None if base == arm else base) for arm, base in out.items()}
 
 
 def _slurm(value: Any, source: str) -> dict[str, Any]:
@@ -224,6 +328,7 @@ def parse_study(raw: Any, source: str | Path = "<study>") -> Study:
             "'arms: {adam: {}, sam: {overrides: {optimizer: SAM}}}'."
         )
     arms: dict[str, Arm] = {}
+    per_arm_baseline: dict[str, Any] = {}
     for arm_name, arm_raw in arms_raw.items():
         arm_name = _name(arm_name, f"arms.{arm_name}", source)
         if isinstance(arm_raw, list):  # shorthand: the arm is its override list
@@ -243,14 +348,18 @@ def parse_study(raw: Any, source: str | Path = "<study>") -> Study:
         )
         ep.check_overrides(overrides, f"arms.{arm_name}", source)
         arms[arm_name] = Arm(arm_name, ep, overrides)
-    baseline = raw.get("baseline")
-    if baseline is not None and baseline not in arms:
-        close = difflib.get_close_matches(str(baseline), list(arms), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise StudyError(
-            f"{source}: 'baseline' = {baseline!r} is not an arm{hint}; set it to one of: "
-            f"{', '.join(arms)}, or remove it."
-        )
+        if arm_raw.get("baseline") is not None:
+            per_arm_baseline[arm_name] = arm_raw["baseline"]
+    baseline, baselines = _baselines(raw.get("baseline"), per_arm_baseline, arms, source)
+    report = _report(raw.get("report"), source)
+    known = {metric, *extra}
+    for a, b in report.correlations:
+        for m in (a, b):
+            if m not in known:
+                raise StudyError(
+                    f"{source}: 'report.correlations' names '{m}', which is neither 'metric' "
+                    "nor in 'extra_metrics'; add it to 'extra_metrics'."
+                )
     workers = raw.get("workers")
     if workers is not None:
         workers = _positive_int(workers, "workers", source)
@@ -265,9 +374,10 @@ def parse_study(raw: Any, source: str | Path = "<study>") -> Study:
         extra_metrics=tuple(extra),
         baseline=baseline,
         description=str(description),
-        report=_report(raw.get("report"), source),
+        report=report,
         slurm=_slurm(raw.get("slurm"), source),
         workers=workers,
+        baselines=baselines,
     )
 
 
