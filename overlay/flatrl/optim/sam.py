@@ -119,6 +119,9 @@ class SAM(SAMReadings, DelegatingOptimizer):
         self._w = WeightBackup()
         self._step_calls = 0
 
+    #: The :class:`SAMConfig` variant this class implements (subclasses override it).
+    variant = "sam"
+
     @classmethod
     def from_config(
         cls,
@@ -128,8 +131,19 @@ class SAM(SAMReadings, DelegatingOptimizer):
         freeze_out_of_scope: bool = True,
     ) -> SAM:
         """Wrap ``optimizer`` with the settings of ``config`` (its ``scope`` name is resolved to
-        parameters by the caller and passed as ``scope``)."""
-        return cls(
+        parameters by the caller and passed as ``scope``).
+
+        ``SAM.from_config`` builds the class of ``config.variant`` (LookSAM, MomentumSAM,
+        AESAM: subclasses of SAM, so code that checks ``isinstance(opt, SAM)`` and steps through
+        :func:`flatrl.optim.sam_step` runs every variant unchanged).
+        """
+        target = variant_class(config.variant) if cls is SAM else cls
+        if target.variant != config.variant:
+            raise ValueError(
+                f"{target.__name__}.from_config got a config with variant={config.variant!r}; "
+                f"use SAM.from_config to build the class of any variant."
+            )
+        return target(
             optimizer,
             rho=config.rho,
             adaptive=config.adaptive,
@@ -138,7 +152,20 @@ class SAM(SAMReadings, DelegatingOptimizer):
             clip_grad_norm=config.clip_grad_norm,
             eps=config.eps,
             freeze_out_of_scope=freeze_out_of_scope,
+            **target._variant_options(config),
         )
+
+    @classmethod
+    def _variant_options(cls, config: SAMConfig) -> dict[str, Any]:
+        """The constructor keywords a variant takes from ``config`` (SAM itself: none)."""
+        return {}
+
+    def _variant_state(self) -> dict[str, Any]:
+        """What a variant adds to ``state_dict()["sam"]`` for an exact resume."""
+        return {}
+
+    def _load_variant_state(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`_variant_state` saved (absent keys: a fresh variant state)."""
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
@@ -273,7 +300,13 @@ class SAM(SAMReadings, DelegatingOptimizer):
         """The base optimizer's state dict plus SAM's every_k counter."""
         return {
             "base": self.base_optimizer.state_dict(),
-            "sam": {"step_calls": self._step_calls, "rho": self.rho, "every_k": self.every_k},
+            "sam": {
+                "step_calls": self._step_calls,
+                "rho": self.rho,
+                "every_k": self.every_k,
+                "variant": self.variant,
+                **self._variant_state(),
+            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -281,6 +314,7 @@ class SAM(SAMReadings, DelegatingOptimizer):
         if "base" in state_dict and "sam" in state_dict:
             self.base_optimizer.load_state_dict(state_dict["base"])
             self._step_calls = int(state_dict["sam"]["step_calls"])
+            self._load_variant_state(state_dict["sam"])
         elif "state" in state_dict and "param_groups" in state_dict:
             self.base_optimizer.load_state_dict(state_dict)
         else:
@@ -293,8 +327,26 @@ class SAM(SAMReadings, DelegatingOptimizer):
 
     def __repr__(self) -> str:
         return (
-            f"SAM(rho={self.rho}, adaptive={self.adaptive}, every_k={self.every_k}, "
+            f"{type(self).__name__}(rho={self.rho}, adaptive={self.adaptive}, "
+            f"every_k={self.every_k}, "
             f"scoped={self._scope.restricted}, clip_grad_norm={self.clip_grad_norm}, "
             f"freeze_out_of_scope={self.freeze_out_of_scope}, "
             f"base={self.base_optimizer!r})"
         )
+
+
+_VARIANT_CLASSES = {
+    "looksam": ("flatrl.optim.looksam", "LookSAM"),
+    "msam": ("flatrl.optim.msam", "MomentumSAM"),
+    "aesam": ("flatrl.optim.ae_sam", "AESAM"),
+}
+
+
+def variant_class(variant: str) -> type[SAM]:
+    """The optimizer class of a :class:`SAMConfig` variant (imported on first use)."""
+    if variant == "sam":
+        return SAM
+    import importlib
+
+    module, name = _VARIANT_CLASSES[variant]
+    return getattr(importlib.import_module(module), name)

@@ -9,14 +9,29 @@ The meaning of ``rho = 0`` is the same everywhere: a SAM step with a zero-radius
 It still takes the second forward/backward pass, reports a sharpness of exactly 0, and updates
 the parameters exactly as the base optimizer would (the rho -> 0 limit). It is the control arm
 of a rho sweep; to train without SAM's extra pass, choose the base optimizer instead.
+
+``variant`` picks a cheaper relative of SAM (see docs/sam_variants.md), with the same radius
+and the same rho = 0 meaning (the base optimizer's parameters exactly):
+
+* ``"sam"``: SAM (every ``every_k``-th update, plain base steps between);
+* ``"looksam"``: LookSAM (Liu et al., 2022): the SAM gradient every ``every_k``-th update, and
+  in between the plain gradient plus ``looksam_alpha`` times the last SAM gradient's component
+  orthogonal to the plain one, rescaled to the plain gradient's norm;
+* ``"msam"``: Momentum-SAM (Becker et al., 2024): the perturbation is minus the optimizer's
+  normalised momentum, applied between updates so that the caller's ordinary pass is the
+  perturbed one (no second pass);
+* ``"aesam"``: an AE-SAM schedule (Jiang et al., 2023): a SAM step only when ``||g||^2`` exceeds
+  its EMA mean + ``aesam_c`` EMA standard deviations (EMA decay ``aesam_decay``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+VARIANTS = ("sam", "looksam", "msam", "aesam")
 
 
 class SAMConfigError(ValueError):
@@ -35,6 +50,13 @@ class SAMConfig:
             which names exist is the integration's business, see :meth:`check_scope`.
         clip_grad_norm: clip the gradient the base step applies to this total norm (None: off).
         eps: added to the gradient norm in the perturbation's denominator.
+        variant: ``"sam"``, ``"looksam"``, ``"msam"`` or ``"aesam"`` (module doc). For
+            ``looksam`` ``every_k`` is LookSAM's k; ``msam`` and ``aesam`` need ``every_k = 1``
+            (they schedule themselves), and ``msam`` has no ASAM form.
+        looksam_alpha: LookSAM's alpha, a finite number >= 0 (the paper's default 0.7).
+        aesam_c: AE-SAM's threshold in EMA standard deviations above the EMA mean of
+            ``||g||^2`` (finite; lower: more SAM steps).
+        aesam_decay: AE-SAM's EMA decay in [0, 1) (the paper's delta, 0.9).
         names: the user-facing key of each field for error messages, e.g. ``{"rho": "sam_rho"}``.
     """
 
@@ -44,6 +66,10 @@ class SAMConfig:
     scope: str | None = None
     clip_grad_norm: float | None = None
     eps: float = 1e-12
+    variant: str = "sam"
+    looksam_alpha: float = 0.7
+    aesam_c: float = 0.0
+    aesam_decay: float = 0.9
     names: dataclasses.InitVar[Mapping[str, str] | None] = None
 
     def __post_init__(self, names: Mapping[str, str] | None) -> None:
@@ -89,12 +115,47 @@ class SAMConfig:
             )
         if isinstance(self.eps, bool) or not isinstance(self.eps, int | float) or not self.eps >= 0:
             raise SAMConfigError(f"{name('eps')} must be a number >= 0, got {self.eps!r}.")
+        self._check_variant(name)
         object.__setattr__(self, "rho", float(rho))
         object.__setattr__(self, "eps", float(self.eps))
         if clip is not None:
             object.__setattr__(self, "clip_grad_norm", float(clip))
         if self.scope is not None:
             object.__setattr__(self, "scope", self.scope.strip().lower())
+
+    def _check_variant(self, name: Callable[[str], str]) -> None:
+        variant = self.variant
+        if not isinstance(variant, str) or variant.strip().lower() not in VARIANTS:
+            raise SAMConfigError(
+                f"{name('variant')}={variant!r} is not one of {', '.join(VARIANTS)}; e.g. "
+                f"{name('variant')}=looksam (SAM every k-th update, reused direction between)."
+            )
+        variant = variant.strip().lower()
+        object.__setattr__(self, "variant", variant)
+        for field, low, high in (
+            ("looksam_alpha", 0.0, math.inf),
+            ("aesam_c", -math.inf, math.inf),
+            ("aesam_decay", 0.0, 1.0),
+        ):
+            value = getattr(self, field)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (ok and math.isfinite(value) and low <= value and (value < high)):
+                bounds = {"looksam_alpha": ">= 0", "aesam_c": "finite", "aesam_decay": "in [0, 1)"}
+                raise SAMConfigError(
+                    f"{name(field)} must be a number {bounds[field]}, got {value!r}."
+                )
+            object.__setattr__(self, field, float(value))
+        if variant in ("msam", "aesam") and self.every_k != 1:
+            raise SAMConfigError(
+                f"{name('every_k')}={self.every_k} does not apply to {name('variant')}={variant} "
+                f"(it schedules its own steps); leave {name('every_k')}=1, or use "
+                f"{name('variant')}=looksam or sam for a SAM step every k-th update."
+            )
+        if variant == "msam" and self.adaptive:
+            raise SAMConfigError(
+                f"{name('adaptive')}=true has no Momentum-SAM form; use it with "
+                f"{name('variant')}=sam, looksam or aesam."
+            )
 
     def check_scope(self, choices: Iterable[str], key: str = "scope") -> None:
         """Raise SAMConfigError unless ``scope`` is None or one of ``choices``."""
@@ -107,5 +168,18 @@ class SAMConfig:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict (for logs, checkpoints and config round trips)."""
-        return dataclasses.asdict(self)
+        """The settings as a plain dict (for logs, checkpoints and config round trips).
+
+        A variant's options appear only with that variant (``variant="sam"`` gives the keys
+        SAMConfig always had), so logs and stored configs of plain SAM runs stay as they were;
+        ``SAMConfig(**config.as_dict()) == config`` either way.
+        """
+        out = dataclasses.asdict(self)
+        options = {"looksam": ("looksam_alpha",), "aesam": ("aesam_c", "aesam_decay")}
+        for field in ("variant", "looksam_alpha", "aesam_c", "aesam_decay"):
+            if field != "variant" and field in options.get(self.variant, ()):
+                continue
+            if field == "variant" and self.variant != "sam":
+                continue
+            del out[field]
+        return out

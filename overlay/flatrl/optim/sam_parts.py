@@ -177,6 +177,10 @@ class WeightBackup:
             p.grad = g
         self._saved, self._set_aside, self.active = [], {}, False
 
+    def forget(self) -> None:
+        """Drop the backup without writing it back (the weights were replaced from outside)."""
+        self._saved, self._set_aside, self.active = [], {}, False
+
     @contextlib.contextmanager
     def restored_on_error(self) -> Iterator[None]:
         """Restore if the body raises (anything, interrupts included), then re-raise."""
