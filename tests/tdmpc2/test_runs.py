@@ -141,7 +141,9 @@ def test_checkpoint_is_one_file_with_buffer_random_states_and_logs(resumed):
 
 def test_muon_run_completes(tree, tmp_path):
     proc = run_train(tree, tmp_path, *QUICK, "steps=500", "optimizer=muon", "exp_name=muon")
-    assert "Optimizers: world model: Muon + Adam; policy: Adam" in proc.stdout
+    assert (
+        "Optimizers: world model: Muon (1 stacked ensemble weight) + Adam; policy: Adam"
+    ) in proc.stdout
     assert "Training completed successfully" in proc.stdout
     last = _rows(_run_dir(tmp_path, "muon"))[-1]
     assert math.isfinite(float(last["total_loss"]))

@@ -14,8 +14,10 @@ upstream behaviour) or:
   :func:`flatrl.optim.muon_param_groups` per module, so each MLP keeps its first and last layer
   on Adam); everything else stays on Adam with the same groups, in one
   :class:`flatrl.optim.CompositeOptimizer`. The Q ensemble stores its weights stacked as 3-D
-  tensors ``(num_q, out, in)`` which ``torch.optim.Muon`` rejects: they are routed to Adam. The
-  policy keeps Adam.
+  tensors ``(num_q, out, in)``; its hidden stacked weight goes to Muon too, each of the
+  ``num_q`` members orthogonalised on its own (``muon_param_groups(..., stacked=[""])``), and
+  its first and last stacked layer, stacked biases and norm scales to Adam. The policy keeps
+  Adam.
 """
 
 from __future__ import annotations
@@ -154,8 +156,13 @@ def _muon_world_model(model: nn.Module, cfg: Any, capturable: bool) -> torch.opt
                 muon_groups.append({"params": muon, "lr": lr})
             if rest:
                 adam_groups.append({"params": rest, "lr": lr})
-    # Stacked Q-ensemble weights (3-D) and the task embedding: Adam.
-    adam_groups.append({"params": _params(model._Qs), "lr": cfg.lr})
+    # The Q ensemble: every parameter is stacked along dim 0 (num_q members); its hidden 3-D
+    # weights go to Muon member by member, its input/output layers, biases and norms to Adam.
+    q_muon, q_rest = muon_param_groups(model._Qs, stacked=[""])
+    if q_muon:
+        muon_groups.append({"params": q_muon, "lr": cfg.lr})
+    adam_groups.append({"params": q_rest, "lr": cfg.lr})
+    # The task embedding: Adam.
     if cfg.multitask:
         adam_groups.append({"params": _params(model._task_emb), "lr": cfg.lr})
     optimizers: list[torch.optim.Optimizer] = []
@@ -191,7 +198,8 @@ def build_optimizers(
 
 
 def describe(optim: torch.optim.Optimizer, pi_optim: torch.optim.Optimizer) -> str:
-    """One line for the run header, e.g. ``world model: SAM(rho=0.05, ...); policy: Adam``."""
+    """One line for the run header, e.g. ``world model: SAM(rho=0.05, ...); policy: Adam`` or
+    ``world model: Muon (1 stacked ensemble weight) + Adam; policy: Adam``."""
 
     def name(opt: torch.optim.Optimizer) -> str:
         if isinstance(opt, SAM):
@@ -200,7 +208,12 @@ def describe(optim: torch.optim.Optimizer, pi_optim: torch.optim.Optimizer) -> s
                 f"{name(opt.base_optimizer)}"
             )
         if isinstance(opt, CompositeOptimizer):
-            return " + ".join(type(o).__name__ for o in opt.optimizers)
+            return " + ".join(name(o) for o in opt.optimizers)
+        if isinstance(opt, Muon):
+            # Say whether the stacked Q-ensemble weights are on Muon (they once were not).
+            stacked = sum(p.ndim == 3 for g in opt.param_groups for p in g["params"])
+            plural = "s" * (stacked != 1)
+            return f"Muon ({stacked} stacked ensemble weight{plural})" if stacked else "Muon"
         return type(opt).__name__
 
     return f"world model: {name(optim)}; policy: {name(pi_optim)}"
