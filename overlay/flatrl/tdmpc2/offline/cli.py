@@ -49,13 +49,13 @@ def _summary_text(summary: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
     command = argv.pop(0) if argv and "=" not in argv[0] else "train"
     if command not in ("train", "collect"):
         print(f"unknown command {command!r}; use train or collect (see --help)", file=sys.stderr)
         return 2
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
     from flatrl.tdmpc2.offline.train import OfflineSettings, _datasets, train
 
     try:
