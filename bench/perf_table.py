@@ -336,12 +336,20 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(f"{part}: exit status {proc.returncode}")
                 continue
             rows += json.loads(out.read_text())
-    import torch  # for the header only
+    try:  # the parent needs no torch; the header names the children's
+        import torch
 
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = subprocess.run(
+            [str(PYTHONS["tdmpc2"]), "-c", "import torch; print(torch.__version__)"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     shown = ["python3", "bench/perf_table.py", *(argv if argv is not None else sys.argv[1:])]
     header = (
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), one torch "
-        f"thread, torch {torch.__version__}{', --quick' if args.quick else ''}."
+        f"thread, torch {torch_version}{', --quick' if args.quick else ''}."
     )
     text = markdown(rows, shlex.join(shown), time.time() - start, header)
     if failed:
