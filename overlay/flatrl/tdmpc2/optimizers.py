@@ -40,6 +40,10 @@ SAM_KEYS = {
     "adaptive": "sam_adaptive",
     "every_k": "sam_every",
     "scope": "sam_scope",
+    "variant": "sam_variant",
+    "looksam_alpha": "sam_looksam_alpha",
+    "aesam_c": "sam_aesam_c",
+    "aesam_decay": "sam_aesam_decay",
 }
 
 
@@ -52,6 +56,10 @@ class OptimizerSettings:
     adaptive: bool
     every: int
     scope: str
+    variant: str = "sam"
+    looksam_alpha: float = 0.7
+    aesam_c: float = 0.0
+    aesam_decay: float = 0.9
 
     @property
     def sam_on_world_model(self) -> bool:
@@ -69,6 +77,10 @@ class OptimizerSettings:
             every_k=self.every,
             scope=self.scope,
             clip_grad_norm=clip_grad_norm,
+            variant=self.variant,
+            looksam_alpha=self.looksam_alpha,
+            aesam_c=self.aesam_c,
+            aesam_decay=self.aesam_decay,
             names=SAM_KEYS,
         )
 
@@ -79,7 +91,10 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
 
 
 def optimizer_settings(cfg: Any) -> OptimizerSettings:
-    """Read and check ``optimizer``, ``sam_rho``, ``sam_adaptive``, ``sam_every``, ``sam_scope``.
+    """Read and check ``optimizer``, ``sam_rho``, ``sam_adaptive``, ``sam_every``, ``sam_scope``
+    and the variant keys ``sam_variant`` (sam | looksam | msam | aesam), ``sam_looksam_alpha``,
+    ``sam_aesam_c``, ``sam_aesam_decay`` (absent keys take SAMConfig's defaults, so a config
+    without them runs plain SAM as before; ``sam_every`` is LookSAM's k).
 
     The SAM settings go through :class:`flatrl.optim.SAMConfig` (the one validation every
     flatrl integration shares; errors name TD-MPC2's keys), so ``sam_rho=0`` is accepted and
@@ -100,11 +115,25 @@ def optimizer_settings(cfg: Any) -> OptimizerSettings:
         adaptive=_get(cfg, "sam_adaptive", False),
         every_k=_get(cfg, "sam_every", 1),
         scope=str(_get(cfg, "sam_scope", DEFAULT_SCOPE)),
+        variant=_get(cfg, "sam_variant", "sam"),
+        looksam_alpha=_get(cfg, "sam_looksam_alpha", 0.7),
+        aesam_c=_get(cfg, "sam_aesam_c", 0.0),
+        aesam_decay=_get(cfg, "sam_aesam_decay", 0.9),
         names=SAM_KEYS,
     )
     config.check_scope(SCOPES, "sam_scope")
     assert config.scope is not None
-    return OptimizerSettings(name, config.rho, config.adaptive, config.every_k, config.scope)
+    return OptimizerSettings(
+        name,
+        config.rho,
+        config.adaptive,
+        config.every_k,
+        config.scope,
+        config.variant,
+        config.looksam_alpha,
+        config.aesam_c,
+        config.aesam_decay,
+    )
 
 
 def _params(module: nn.Module | None) -> list[Tensor]:
@@ -204,8 +233,8 @@ def describe(optim: torch.optim.Optimizer, pi_optim: torch.optim.Optimizer) -> s
     def name(opt: torch.optim.Optimizer) -> str:
         if isinstance(opt, SAM):
             return (
-                f"SAM(rho={opt.rho}, adaptive={opt.adaptive}, every={opt.every_k}) over "
-                f"{name(opt.base_optimizer)}"
+                f"{type(opt).__name__}(rho={opt.rho}, adaptive={opt.adaptive}, "
+                f"every={opt.every_k}) over {name(opt.base_optimizer)}"
             )
         if isinstance(opt, CompositeOptimizer):
             return " + ".join(name(o) for o in opt.optimizers)
