@@ -25,9 +25,17 @@ from flatrl.optim import SAM, SAMConfig, build_optimizer
 
 __all__ = ["SAMFactory", "MuonFactory"]
 
-_SAM_FACTORY_NAMES = {
-    field: f"SAMFactory {field}" for field in ("rho", "adaptive", "every_k", "clip_grad_norm")
-}
+_SAM_FIELDS = (
+    "rho",
+    "adaptive",
+    "every_k",
+    "clip_grad_norm",
+    "variant",
+    "looksam_alpha",
+    "aesam_c",
+    "aesam_decay",
+)
+_SAM_FACTORY_NAMES = {field: f"SAMFactory {field}" for field in _SAM_FIELDS}
 
 
 def _unique_params(named_modules: Iterable[tuple[str, nn.Module]]) -> list[nn.Parameter]:
@@ -47,6 +55,7 @@ class SAMFactory(OptimizerFactory):
         from d3rlpy.optimizers import AdamFactory, SAMFactory
 
         factory = SAMFactory(base=AdamFactory(), rho=0.05)
+        cheaper = SAMFactory(base=AdamFactory(), rho=0.05, variant="looksam", every_k=5)
 
     Every update of an algorithm using it takes two forward/backward passes (the second at the
     perturbed weights, through a closure the patched implementations provide) and reports
@@ -62,13 +71,25 @@ class SAMFactory(OptimizerFactory):
         rho: radius of the perturbation, >= 0; 0 is a zero-radius SAM step (two passes,
             sharpness 0, the base optimizer's update: the control arm of a rho sweep).
         adaptive: ASAM (perturbation scaled element-wise by |w|).
-        every_k: a SAM step every k-th update, plain base steps in between.
+        every_k: a SAM step every k-th update, plain base steps in between (LookSAM's k).
+        variant: ``"sam"``, or a cheaper relative (docs/sam_variants.md): ``"looksam"``
+            (SAM gradient every ``every_k``-th update, its orthogonal part reused between),
+            ``"msam"`` (Momentum-SAM: perturbation from the optimizer's momentum, no second
+            pass; ``<name>_sharpness`` is then not logged, there is no pass at w), ``"aesam"``
+            (SAM only on updates with a high gradient norm).
+        looksam_alpha: LookSAM's alpha.
+        aesam_c: AE-SAM's threshold (EMA standard deviations above the EMA mean of |g|^2).
+        aesam_decay: AE-SAM's EMA decay.
     """
 
     base: OptimizerFactory = make_optimizer_field()
     rho: float = 0.05
     adaptive: bool = False
     every_k: int = 1
+    variant: str = "sam"
+    looksam_alpha: float = 0.7
+    aesam_c: float = 0.0
+    aesam_decay: float = 0.9
 
     def __post_init__(self) -> None:
         _check_sam_arguments(self)
@@ -104,6 +125,10 @@ class SAMFactory(OptimizerFactory):
             adaptive=self.adaptive,
             every_k=self.every_k,
             clip_grad_norm=self._clip_grad_norm(),
+            variant=self.variant,
+            looksam_alpha=self.looksam_alpha,
+            aesam_c=self.aesam_c,
+            aesam_decay=self.aesam_decay,
             names=_SAM_FACTORY_NAMES,
         )
 
