@@ -84,6 +84,15 @@ def commit_patch(root: Path, name: str, line: str) -> None:
     assert tool(root, "refresh", name).returncode == 0
 
 
+def builder_env(tmp_path: Path) -> Path:
+    """A folder of environments holding 'builder', whose python is this test's interpreter."""
+    python = tmp_path / "venvs" / "builder" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # a symlink would lose
+    python.chmod(0o755)  # the venv (python finds pyvenv.cfg beside the link, not the target)
+    return tmp_path / "venvs"
+
+
 def module(root: Path, series: str) -> str:
     return (root / "build" / series / "toy" / "__init__.py").read_text()
 
@@ -147,9 +156,7 @@ def test_two_series_cannot_share_an_environment(tmp_path: Path) -> None:
 @pytest.fixture
 def built_release(tmp_path: Path) -> tuple[Path, Path]:
     """A toy 1.1 whose tree needs a build step, run by the pin's build_env ('builder')."""
-    venvs = tmp_path / "venvs"
-    (venvs / "builder" / "bin").mkdir(parents=True)
-    (venvs / "builder" / "bin" / "python").symlink_to(sys.executable)
+    venvs = builder_env(tmp_path)
     files = {"toy/__init__.py": "V = 1\n", "toy/gen.c": "shipped\n", "build.py": BUILD}
     sha = cache_release(tmp_path, "toy1", "1.1", files)
     root = tmp_path / "project"
@@ -221,3 +228,26 @@ def test_the_real_pins_are_two_series_of_d3rlpy() -> None:
     assert one.version == "1.1.1" and not one.build_isolation
     assert "cython<3" in one.build_requires and one.build_env in one.envs
     assert not set(one.envs) & set(names["d3rlpy"].envs)
+
+
+def test_a_series_wheel_is_built_in_its_environment_and_kept_apart(tmp_path: Path) -> None:
+    """The 1.x wheel is built by build_env's python into <dist>/<wheel_subdir>, so a
+    `pip install dist/*.whl` of the main series never picks up two releases of one package."""
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    venvs = builder_env(tmp_path)
+    setup = 'from setuptools import setup\nsetup(name="toy", version="1.1", packages=["toy"])\n'
+    files = {"setup.py": setup, "toy/__init__.py": "V = 1\n"}
+    root = tmp_path / "project"
+    extra = 'version_file = "setup.py"\nwheel_subdir = "toy1"\nbuild_env = "builder"\n'
+    write_pin(root, "toy1", "1.1", cache_release(tmp_path, "toy1", "1.1", files), extra)
+    assert tool(root, "apply", "--venv", str(venvs)).returncode == 0
+    dist = tmp_path / "dist"
+    # --python names an interpreter that does not exist: the pin's build_env is used instead
+    result = tool(root, "wheel", "--dist", str(dist), "--python", "/nowhere", "--venv", str(venvs))
+    assert result.returncode == 0, result.stderr
+    assert [p.relative_to(dist).as_posix() for p in dist.rglob("*.whl")] == [
+        f"toy1/toy-1.1+flatrl.{apply_patches.series_id(root / 'patches' / 'toy1')}-py3-none-any.whl"
+    ]
+    missing = tool(root, "wheel", "--dist", str(dist), "--venv", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "build_env 'builder'" in missing.stderr

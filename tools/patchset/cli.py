@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     wheel.add_argument("names", nargs="*")
     wheel.add_argument("--dist", type=Path, default=Path("dist"), help="output folder")
     wheel.add_argument("--python", default=sys.executable, help="interpreter that runs pip")
+    wheel.add_argument(
+        "--venv", type=Path, default=None, help="folder of environments (build_env); .venv"
+    )
     pth = command("pth", cmd_pth, "make each pin's env import its tree (a .pth line)")
     pth.add_argument("names", nargs="*")
     pth.add_argument("--venv", type=Path, default=Path(".venv"), help="folder of environments")
