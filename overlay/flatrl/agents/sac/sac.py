@@ -25,7 +25,7 @@ from flatrl.agents.sac.models import Actor, Critic
 from flatrl.agents.sac.optimizers import NetworkOptimizer, build_network_optimizer
 from flatrl.agents.sac.rank import critic_rank_metrics
 from flatrl.agents.sac.settings import ModelSettings, TrainingSettings
-from flatrl.optim import sam_step
+from flatrl.optim import sam_step, unperturbed
 from flatrl.runtime import TorchRNG
 
 
@@ -195,10 +195,14 @@ class SACAgent:
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | float]:
         """One SAC update: critic, then (every ``actor_update_freq``) actor and temperature."""
         metrics = self.update_critic(batch)
-        if self.num_updates % self.cfg.actor_update_freq == 0:
-            metrics.update(self.update_actor_and_alpha(batch))
-        if self.num_updates % self.cfg.target_update_freq == 0:
-            self.update_target()
+        # Momentum-SAM keeps the critic at its perturbed weights between its updates (its next
+        # pass is the perturbed one); the actor's loss and the target network see the critic's
+        # own weights. A no-op for every other optimizer.
+        with unperturbed(self.critic_opt.optimizer):
+            if self.num_updates % self.cfg.actor_update_freq == 0:
+                metrics.update(self.update_actor_and_alpha(batch))
+            if self.num_updates % self.cfg.target_update_freq == 0:
+                self.update_target()
         self.num_updates += 1
         return metrics
 
@@ -206,7 +210,10 @@ class SACAgent:
         self, batch: dict[str, torch.Tensor], max_samples: int, top_k: int
     ) -> dict[str, float]:
         """Feature-rank diagnostics; they leave the critic (spectral-norm vectors too) as is."""
-        return critic_rank_metrics(self.critic, batch["obs"], batch["action"], max_samples, top_k)
+        with unperturbed(self.critic_opt.optimizer):
+            return critic_rank_metrics(
+                self.critic, batch["obs"], batch["action"], max_samples, top_k
+            )
 
     def hyperparameters(self) -> dict[str, float]:
         out = {f"actor/{k}": v for k, v in self.actor_opt.hyperparameters().items()}

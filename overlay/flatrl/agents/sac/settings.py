@@ -92,7 +92,21 @@ class SAMSettings:
         "gradient SAM's base step applies",
     )
     adaptive: bool = knob(False, "ASAM (scale-invariant perturbation)")
-    every_k: int = knob(1, "SAM step every k-th critic update, plain steps in between")
+    every_k: int = knob(
+        1, "SAM step every k-th critic update, plain steps in between (LookSAM's k)"
+    )
+    variant: str = knob(
+        "sam",
+        "`sam` \\| `looksam` (SAM gradient every `every_k`-th update, its orthogonal part "
+        "reused between) \\| `msam` (Momentum-SAM: perturbation from the optimizer's momentum, "
+        "no second pass; the actor and the target update see the unperturbed critic) \\| "
+        "`aesam` (SAM only on updates with a high gradient norm); see docs/sam_variants.md",
+    )
+    looksam_alpha: float = knob(0.7, "LookSAM's alpha (weight of the reused direction)")
+    aesam_c: float = knob(
+        0.0, "AE-SAM threshold: EMA standard deviations above the EMA mean of |g|^2"
+    )
+    aesam_decay: float = knob(0.9, "AE-SAM's EMA decay, in [0, 1)")
 
     @property
     def enabled(self) -> bool:
@@ -110,6 +124,10 @@ class SAMSettings:
             "adaptive": f"{key}.sam.adaptive",
             "every_k": f"{key}.sam.every_k",
             "clip_grad_norm": "training.grad_clip",
+            "variant": f"{key}.sam.variant",
+            "looksam_alpha": f"{key}.sam.looksam_alpha",
+            "aesam_c": f"{key}.sam.aesam_c",
+            "aesam_decay": f"{key}.sam.aesam_decay",
         }
         try:
             return SAMConfig(
@@ -117,6 +135,10 @@ class SAMSettings:
                 adaptive=self.adaptive,
                 every_k=self.every_k,
                 clip_grad_norm=clip_grad_norm,
+                variant=self.variant,
+                looksam_alpha=self.looksam_alpha,
+                aesam_c=self.aesam_c,
+                aesam_decay=self.aesam_decay,
                 names=names,
             )
         except SAMConfigError as err:
