@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from flatrl.optim import SAMConfig
+from flatrl.optim.sam_config import VARIANTS as SAM_VARIANTS
 from flatrl.runtime import resolve_device
 
 from .envs import EnvSpec, auto_env_count, describe_env
@@ -181,7 +182,29 @@ class OptimConfig:
         False, "ASAM: scale the perturbation element-wise by |w|", sam="adaptive"
     )
     sam_every: int | None = option(
-        None, "a SAM step on every k-th update, plain Adam steps between (default 1)", sam="every_k"
+        None,
+        "a SAM step on every k-th update, plain Adam steps between (default 1; LookSAM's k)",
+        sam="every_k",
+    )
+    sam_variant: str | None = option(
+        None,
+        "sam (default), or a cheaper relative (docs/sam_variants.md): looksam (SAM gradient "
+        "every --sam-every updates, its orthogonal part reused between), msam (Momentum-SAM: "
+        "the perturbation comes from Adam's momentum, no second pass), aesam (SAM only on "
+        "updates with a high gradient norm)",
+        choices=SAM_VARIANTS,
+        sam="variant",
+    )
+    sam_looksam_alpha: float | None = option(
+        None, "LookSAM's alpha, >= 0 (default 0.7)", sam="looksam_alpha"
+    )
+    sam_aesam_c: float | None = option(
+        None,
+        "AE-SAM threshold in EMA std devs above the EMA mean of |g|^2 (default 0)",
+        sam="aesam_c",
+    )
+    sam_aesam_decay: float | None = option(
+        None, "AE-SAM's EMA decay, in [0, 1) (default 0.9)", sam="aesam_decay"
     )
 
     @property
@@ -201,6 +224,16 @@ class OptimConfig:
             every_k=1 if self.sam_every is None else self.sam_every,
             scope=self.scope,
             clip_grad_norm=self.max_grad_norm,
+            **{
+                key: value
+                for key, value in (
+                    ("variant", self.sam_variant),
+                    ("looksam_alpha", self.sam_looksam_alpha),
+                    ("aesam_c", self.sam_aesam_c),
+                    ("aesam_decay", self.sam_aesam_decay),
+                )
+                if value is not None  # unset: SAMConfig's default
+            },
             names={f.metadata["sam"]: flag(f) for f in fields(self) if f.metadata["sam"]},
         )
         config.check_scope(SAM_SCOPES, "--sam-scope")
