@@ -120,7 +120,11 @@ class LookSAM(SAM):
             self.alpha * g_norm / self._gv_norm.clamp_min(torch.finfo(g_norm.dtype).tiny),
             torch.zeros_like(g_norm),
         )
-        torch._foreach_add_(grads, torch._foreach_mul([self._gv[p] for p in params], scale))
+        gv = [self._gv[p] for p in params]
+        if scale.device.type == "cpu":  # no sync to avoid on the CPU; saves a pass
+            torch._foreach_add_(grads, gv, alpha=float(scale))
+        else:
+            torch._foreach_add_(grads, torch._foreach_mul(gv, scale))
 
     # --- exact resume: g_v is part of the state ---------------------------------------------
     def _ordered_params(self) -> list[Tensor]:

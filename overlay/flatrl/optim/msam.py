@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,11 +126,24 @@ class MomentumSAM(SAM):
         device = norms[0].device
         dtype = functools.reduce(torch.promote_types, [n.dtype for n in norms], torch.float32)
         norm = torch.linalg.vector_norm(torch.stack([n.to(device, dtype) for n in norms]))
-        scale = -self._scale(norm)
+        # On the CPU reading the norm costs nothing and saves a pass (no product tensors) and the
+        # small-tensor ops of the scale; elsewhere it would be a device sync on every update, so
+        # the scale and the product stay on the device.
+        if norm.device.type == "cpu":
+            n = float(norm)
+            ok = math.isfinite(n) and n > 0
+            alpha: float | None = -self.rho / (n + self.eps) if ok else 0.0
+        else:
+            alpha, scale = None, -self._scale(norm)
         with self._w.restored_on_error():
             for params, moms in buckets:
                 self._w.save(params)
-                torch._foreach_add_(params, torch._foreach_mul(moms, scale.to(params[0].device)))
+                if alpha is not None:
+                    torch._foreach_add_(params, moms, alpha=alpha)
+                else:
+                    torch._foreach_add_(
+                        params, torch._foreach_mul(moms, scale.to(params[0].device))
+                    )
             self._w.active = True
 
     # --- exact resume: the unperturbed weights are part of the state -------------------------
