@@ -114,17 +114,19 @@ class LookSAM(SAM):
         if not params:
             return
         grads = [p.grad for p in params]
+        gv = [self._gv[p] for p in params]
         g_norm = _norm(grads)
+        if g_norm.device.type == "cpu":  # no sync to avoid on the CPU: plain floats, one pass
+            gv_norm = float(self._gv_norm)
+            if gv_norm > 0:
+                torch._foreach_add_(grads, gv, alpha=self.alpha * float(g_norm) / gv_norm)
+            return
         scale = torch.where(
             self._gv_norm > 0,
             self.alpha * g_norm / self._gv_norm.clamp_min(torch.finfo(g_norm.dtype).tiny),
             torch.zeros_like(g_norm),
         )
-        gv = [self._gv[p] for p in params]
-        if scale.device.type == "cpu":  # no sync to avoid on the CPU; saves a pass
-            torch._foreach_add_(grads, gv, alpha=float(scale))
-        else:
-            torch._foreach_add_(grads, torch._foreach_mul(gv, scale))
+        torch._foreach_add_(grads, torch._foreach_mul(gv, scale))
 
     # --- exact resume: g_v is part of the state ---------------------------------------------
     def _ordered_params(self) -> list[Tensor]:
