@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flatrl.optim import SAM, sam_step
+from flatrl.optim import SAM, sam_step, unperturbed
 from flatrl.runtime import TorchRNG
 
 from .config import A2C_DEFAULTS, REINFORCE_SETTINGS, OptimConfig, UpdateConfig
@@ -251,9 +251,15 @@ def a2c_update(
     second pass recomputes the loss on the same minibatch at the perturbed weights with the
     first pass's random draws, and SAM clips the final gradient itself. With Adam the gradient
     is clipped here, so both apply the same clipped update when rho = 0.
+    With Momentum-SAM (`--sam-variant msam`) the minibatch passes run at its perturbed weights
+    w~ and everything computed once per rollout (old log-probs, values, targets) at w.
     """
-    z_all, tok_all = encode_rollout(model, rollout)
-    values, old_logp = rollout_values(model, rollout, z_all, tok_all)
+    # The behaviour policy's log-probs, the values GAE bootstraps from and the (stop-gradient)
+    # memory targets and history tokens are those of the trained weights w, as with SAM; only
+    # the minibatch passes below run at Momentum-SAM's perturbed w~.
+    with unperturbed(optimizer):
+        z_all, tok_all = encode_rollout(model, rollout)
+        values, old_logp = rollout_values(model, rollout, z_all, tok_all)
     adv, returns = advantages_and_returns(rollout, values, cfg)
     t_idx, e_idx = rollout.valid.nonzero(as_tuple=True)
     if cfg.normalize_advantages and t_idx.numel() > 1:

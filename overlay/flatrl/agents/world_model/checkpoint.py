@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from flatrl.optim import unperturbed
 from flatrl.runtime import atomic_save, rng_state
 
 from .world_model import ModelConfig, WorldModel
@@ -38,7 +39,16 @@ def run_state(
     optimizer_name: str,
     algorithm: str,
 ) -> dict[str, Any]:
-    """Everything --resume needs to continue the run exactly where it stopped."""
+    """Everything --resume needs to continue the run exactly where it stopped.
+
+    The model's weights are the trained ones, w, even under Momentum-SAM (which holds the
+    perturbed w~ between updates), so --load-path and evaluation of the file see w; the
+    optimizer's state (taken outside ``unperturbed``) carries w and its momentum, from which a
+    resumed run puts back the same w~.
+    """
+    optimizer_state = optimizer.state_dict()
+    with unperturbed(optimizer):  # copies: on exit the parameters go back to w~ in place
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return {
         "kind": "run",
         "env_name": env_name,
@@ -46,8 +56,8 @@ def run_state(
         "optimizer_name": optimizer_name,
         "algorithm": algorithm,
         "model_config": asdict(model.cfg),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optimizer_state,
         "epoch": epoch,
         "env_steps": env_steps,
         "best_reward": best_reward,
@@ -85,8 +95,19 @@ def check_compatible(saved: dict[str, Any], cfg: ModelConfig, env_name: str, pat
         raise ValueError(f"{path} has other model sizes (saved, now): {diff}; match the flags.")
 
 
-def check_resumable(saved: dict[str, Any], optimizer_name: str, algorithm: str, path: str) -> None:
-    """--resume continues the same run: the optimizer and algorithm must be the saved ones."""
+def check_resumable(
+    saved: dict[str, Any],
+    optimizer_name: str,
+    algorithm: str,
+    path: str,
+    variant: str | None = None,
+) -> None:
+    """--resume continues the same run: the optimizer, its SAM variant (``variant``: the
+    optimizer's ``.variant``, None without SAM) and the algorithm must be the saved ones.
+
+    Another variant cannot continue the saved optimizer state (it would drop Momentum-SAM's w
+    or LookSAM's stored direction).
+    """
     if saved.get("kind") != "run" or "collector" not in saved:
         raise ValueError(
             f"--resume {path}: not a run checkpoint of this version of the agent (pre-training "
@@ -102,6 +123,14 @@ def check_resumable(saved: dict[str, Any], optimizer_name: str, algorithm: str, 
                 f"--resume {path}: that run used the {what} {was!r}, this one {now!r}; "
                 f"set {flag} as the saved run did."
             )
+    sam = saved.get("optimizer", {}).get("sam")
+    was = sam.get("variant", "sam") if isinstance(sam, dict) else None  # older files: plain SAM
+    if was is not None and variant is not None and was != variant:
+        raise ValueError(
+            f"--resume {path}: that run used --sam-variant {was}, this one {variant}; set "
+            "--sam-variant as the saved run did (another variant cannot continue its optimizer "
+            "state)."
+        )
 
 
 def load_weights(model: WorldModel, path: str, env_name: str) -> list[str]:

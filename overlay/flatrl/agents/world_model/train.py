@@ -17,7 +17,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from flatrl.optim import SAM
+from flatrl.optim import SAM, unperturbed
 from flatrl.runtime import seed_everything, set_rng_state
 
 from . import checkpoint
@@ -99,7 +99,13 @@ def _resume(
         return None
     state = checkpoint.load(path, device)
     checkpoint.check_compatible(state, model.cfg, cfg.env.env_name, path)
-    checkpoint.check_resumable(state, cfg.optim.optimizer, cfg.algorithm, path)
+    checkpoint.check_resumable(
+        state,
+        cfg.optim.optimizer,
+        cfg.algorithm,
+        path,
+        optimizer.variant if isinstance(optimizer, SAM) else None,
+    )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state
@@ -166,7 +172,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             if run.max_env_steps is not None and env_steps + steps_per_epoch > run.max_env_steps:
                 break  # a budget is a cap: never start an epoch that would overrun it
             t0 = time.time()
-            rollout = collector.collect(plan=epoch >= cfg.planning.planning_start_epoch)
+            # Momentum-SAM keeps the weights perturbed between updates: act at the trained w
+            # (for every other optimizer `unperturbed` does nothing).
+            with unperturbed(optimizer):
+                rollout = collector.collect(plan=epoch >= cfg.planning.planning_start_epoch)
             env_steps += steps_per_epoch
             metrics = a2c_update(model, optimizer, rollout, hp)
             epoch += 1
@@ -196,7 +205,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             history=history,
         )
         if run.eval_episodes > 0:
-            result.eval_returns = evaluate(model, run.eval_episodes, run.seed + 10_000, device)
+            with unperturbed(optimizer):  # evaluate the trained weights w, not Momentum-SAM's w~
+                result.eval_returns = evaluate(model, run.eval_episodes, run.seed + 10_000, device)
             writer.add_scalar("eval/mean_return", float(np.mean(result.eval_returns)), epoch)
         result.seconds = time.time() - start_time
         return result
