@@ -31,7 +31,7 @@ import torch
 
 from flatrl.runtime import atomic_save, rng_state, set_rng_state
 from flatrl.tdmpc2.env_rng import env_rng_state, set_env_rng_state
-from flatrl.tdmpc2.optimizers import optimizer_settings
+from flatrl.tdmpc2.optimizers import SAM_KEYS, OptimizerSettings, optimizer_settings
 from flatrl.tdmpc2.runtime import is_unset
 
 FORMAT = "flatrl-tdmpc2-checkpoint-2"
@@ -116,6 +116,42 @@ def check_checkpointing(cfg: Any) -> None:
         raise ValueError(f"checkpoint={checkpoint} does not exist; resume=true needs that file.")
 
 
+def _variant(settings: OptimizerSettings) -> dict[str, Any]:
+    """The SAM variant and the options it uses, by TD-MPC2 key (empty without SAM)."""
+    if settings.name != "sam":
+        return {}
+    used = settings.sam_config().as_dict()  # holds only the options of its own variant
+    options = ("looksam_alpha", "aesam_c", "aesam_decay")
+    return {SAM_KEYS["variant"]: settings.variant} | {
+        SAM_KEYS[k]: used[k] for k in options if k in used
+    }
+
+
+def check_same_optimizer(path: str | Path, saved: dict[str, Any], now: OptimizerSettings) -> None:
+    """Refuse to resume with another optimizer, SAM scope, or SAM variant and its options.
+
+    Another variant cannot continue the saved optimizer state (plain SAM would drop
+    Momentum-SAM's w and resume from its perturbed weights; LookSAM's stored direction would be
+    ignored), and changed variant options would make the resumed run another run. Checkpoints
+    written before the variant keys existed hold plain SAM.
+    """
+    was = OptimizerSettings(**saved)  # absent variant fields: their defaults (plain SAM)
+    if (was.name, was.scope) != (now.name, now.scope):
+        raise ValueError(
+            f"checkpoint={path} was trained with optimizer={was.name} sam_scope={was.scope}; "
+            f"resume with the same settings (got optimizer={now.name} sam_scope={now.scope})."
+        )
+    if _variant(was) != _variant(now):
+
+        def show(v: dict[str, Any]) -> str:
+            return " ".join(f"{k}={x}" for k, x in v.items())
+
+        raise ValueError(
+            f"checkpoint={path} was trained with {show(_variant(was))}; resume with the same "
+            f"SAM variant settings (got {show(_variant(now))})."
+        )
+
+
 def load_checkpoint(
     path: str | Path, agent: Any, buffer: Any, *, env: Any = None, logger: Any = None
 ) -> dict[str, Any]:
@@ -137,14 +173,7 @@ def load_checkpoint(
                 "use models/checkpoint.pt of a run with checkpoint_freq > 0."
             )
         )
-    saved = state["optimizer"]
-    current = dataclasses.asdict(optimizer_settings(agent.cfg))
-    if (saved["name"], saved["scope"]) != (current["name"], current["scope"]):
-        raise ValueError(
-            f"checkpoint={path} was trained with optimizer={saved['name']} "
-            f"sam_scope={saved['scope']}; resume with the same settings (got "
-            f"optimizer={current['name']} sam_scope={current['scope']})."
-        )
+    check_same_optimizer(path, state["optimizer"], optimizer_settings(agent.cfg))
     load_agent_state(agent, state["agent"])
     if state["buffer"] is not None and hasattr(buffer, "load_state_dict"):
         buffer.load_state_dict(state["buffer"])

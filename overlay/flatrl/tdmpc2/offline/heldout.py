@@ -25,6 +25,9 @@ TD-MPC2's world-model loss on a fixed training batch with e = rho_m g / ||g|| ov
 world-model parameters (rho_m = ``sharpness_rho``, 0.05 by default), weights, gradients and
 random state put back afterwards. SAM's own ``sharpness`` (logged per update) depends on each
 arm's rho and scope and is not comparable across arms.
+
+Both are taken at the trained weights ``w``: under Momentum-SAM (``sam_variant=msam``), which
+holds the perturbed ``w~`` between updates, inside :func:`flatrl.optim.unperturbed`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, Protocol
 
 import torch
 
+from flatrl.optim import unperturbed
 from flatrl.runtime import rng_state, set_rng_state
 
 
@@ -124,19 +128,32 @@ class TDMPC2View:
 
 
 def evaluate(agent: Any, w: Windows) -> dict[str, float]:
-    """Held-out errors of ``agent``; leaves its mode and every random state as they were."""
+    """Held-out errors of ``agent`` at its trained weights ``w``; leaves its mode, weights
+    and every random state as they were."""
     state, training = rng_state(), agent.model.training
     agent.model.eval()
     try:
-        return heldout_errors(TDMPC2View(agent), w, float(agent.discount))
+        with unperturbed(*_optimizers(agent)):
+            return heldout_errors(TDMPC2View(agent), w, float(agent.discount))
     finally:
         agent.model.train(training)
         set_rng_state(state)
 
 
+def _optimizers(agent: Any) -> list[torch.optim.Optimizer]:
+    found = (getattr(agent, "optim", None), getattr(agent, "pi_optim", None))
+    return [o for o in found if o is not None]
+
+
 def measured_sharpness(agent: Any, batch: tuple[torch.Tensor, ...], rho: float) -> float:
     """L(w + rho g/||g||) - L(w) of the world-model loss on ``batch`` (obs, action, reward,
-    terminated); weights, gradients, mode and random state are put back."""
+    terminated) at the trained weights ``w``; weights, gradients, mode and random state are
+    put back."""
+    with unperturbed(*_optimizers(agent)):
+        return _measured_sharpness(agent, batch, rho)
+
+
+def _measured_sharpness(agent: Any, batch: tuple[torch.Tensor, ...], rho: float) -> float:
     model = agent.model
     params = [p for n, p in model.named_parameters() if not n.startswith("_pi.")]
     params = [p for p in params if p.requires_grad]
