@@ -9,9 +9,10 @@ so machine load hits all cases alike; the figure is the median of the per-round 
 * ``tdmpc2``: the patched TD-MPC2 ``_update`` (world model incl. the stacked Q ensemble, whose
   hidden layer Muon now orthogonalises member by member, plus the policy), model_size 1 and 5.
 
-Cases: ``adam``, ``muon`` (batched Newton-Schulz: same-shape matrices and stack members in one
-``bmm`` chain) and ``muon/per-matrix`` (``Muon(batched=False)``: one Newton-Schulz per matrix,
-as ``torch.optim.Muon``), all on the same batch.
+Cases: ``adam``, ``muon`` (``flatrl.optim.Muon``'s default: same-shape matrices and stack
+members in one ``bmm`` chain on GPUs, and on CPUs for matrices under 256x256, where batching
+wins) and ``muon/per-matrix`` (``Muon(batched=False)``: one Newton-Schulz per matrix, as
+``torch.optim.Muon``), all on the same batch.
 
 The arithmetic model. Newton-Schulz does ``5 x (4 m^2 n + 2 m^3)`` FLOPs on an ``m x n``
 matrix (m <= n); ``NS GFLOP`` sums that over Muon's matrices. At this machine's matrix-product

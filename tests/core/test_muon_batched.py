@@ -268,3 +268,32 @@ def test_stacked_ensemble_training_equals_members_trained_separately() -> None:
             )
     before = torch.stack([_member(s)[3].weight for s in range(3)])
     assert not torch.allclose(ensemble.params["3_weight"], before, atol=1e-3)
+
+
+def test_default_batches_small_matrices_on_cpu_and_large_ones_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a CPU a batched product of large matrices is slower than one per matrix: by default
+    only matrices under CPU_BATCH_MAX_ELEMENTS are stacked; batched=True stacks all."""
+    calls: list[tuple[int, ...]] = []
+    owned = muon_module._newton_schulz_owned
+
+    def counting(x: Tensor, *args: object) -> Tensor:
+        calls.append(tuple(x.shape))
+        return owned(x, *args)
+
+    monkeypatch.setattr(muon_module, "_newton_schulz_owned", counting)
+    side = int(muon_module.CPU_BATCH_MAX_ELEMENTS**0.5)
+    shapes = [(side, side), (side, side), (8, 8), (8, 8), (3, side, side)]
+    results = []
+    for batched in (None, True):
+        params = _params(shapes, 0)
+        calls.clear()
+        _run(Muon(params, lr=0.01, batched=batched), params, 1, seed=1)
+        results.append([p.detach() for p in params])
+        if batched is None:
+            assert calls == [(2, 8, 8)]  # the large ones one at a time (stack members too)
+        else:
+            assert sorted(calls) == [(2, 8, 8), (5, side, side)]
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
