@@ -41,7 +41,7 @@ TEST_SCOPE ?= default
 folders_for = $(if $(and $(filter default,$(TEST_SCOPE)),$(filter $(1),$(MATRIX_ONLY))),$(addprefix tests/,$(SMOKE_$(1))),$(call tests_for,$(1)))
 
 .PHONY: help setup vendor apply test test-matrix check-test-envs lint format refresh refresh-check status \
-	rebase wheels demo bench gpu-check clean distclean d3rlpy-upstream-tests tdmpc2-smoke
+	rebase wheels demo bench perf-table gpu-check clean distclean d3rlpy-upstream-tests tdmpc2-smoke
 
 help:
 	@echo "make apply   build environments and the patched trees under build/"
@@ -157,6 +157,10 @@ tdmpc2-smoke: apply
 		steps=600 seed_steps=500 seed_updates=50 optimizer=SAM sam_rho=0.05 device=cpu \
 		compile=false enable_wandb=false iterations=2 num_samples=64 num_elites=8 \
 		num_pi_trajs=4 batch_size=64 eval_episodes=1 exp_name=smoke
+
+# The README's performance table (docs/performance.md) regenerated from the benches in one run.
+perf-table: apply
+	$(PYTHON) bench/perf_table.py
 
 bench: apply
 	$(D3) bench/optim_overhead.py

@@ -217,6 +217,13 @@ def checks(tmp: Path, device: str) -> list[Check]:
             timeout_s=300,
         ),
         Check(
+            "muon-batched",
+            "Muon vs Adam per update on CUDA (batched NS, stacked Q)",
+            TD,
+            (str(ROOT / "bench" / "muon_batched.py"), "--device", device, "--quick"),
+            timeout_s=600,
+        ),
+        Check(
             "world-model-cuda",
             "world-model agent (SAM on the memory) on CUDA",
             D3,
