@@ -21,6 +21,7 @@ from d3rlpy.optimizers.optimizers import (
 from torch import nn
 from torch.optim import Optimizer
 
+from flatrl.d3rlpy.unperturbed import register
 from flatrl.optim import SAM, SAMConfig, build_optimizer
 
 __all__ = ["SAMFactory", "MuonFactory"]
@@ -116,7 +117,9 @@ class SAMFactory(OptimizerFactory):
 
     def create_optimizer(self, named_modules: Iterable[tuple[str, nn.Module]], lr: float) -> SAM:
         base = self.base.create_optimizer(list(named_modules), lr)
-        return SAM.from_config(base, self.sam_config())
+        optim = SAM.from_config(base, self.sam_config())
+        register(optim)  # Momentum-SAM: acting and target syncs put its weights back at w
+        return optim
 
     def sam_config(self) -> SAMConfig:
         """The validated SAM settings (errors name the SAMFactory field)."""
