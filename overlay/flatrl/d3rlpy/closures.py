@@ -28,6 +28,9 @@ in the weights. :func:`optimizer_update` provides that, on top of :func:`flatrl.
   after it from there on), so e.g. BEAR's MMD term is weighted by the same alpha in both passes.
   A nested SAM step's ``<name>_sharpness`` (``temp_sharpness``, ``alpha_sharpness``) is reported
   by the enclosing update.
+* **Other networks at their w (Momentum-SAM).** Each update runs with the implementation's
+  other Momentum-SAM optimizers at ``w`` (:func:`flatrl.d3rlpy.unperturbed.others_at_w`); only
+  the stepping optimizer's parameters stand at ``w~``.
 
 Without SAM the update is exactly upstream's: ``compute_grad()`` then ``optim.step()``.
 """
@@ -44,6 +47,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from flatrl.d3rlpy.unperturbed import optimizers_of, others_at_w, released
 from flatrl.optim import SAM, sam_closure
 from flatrl.runtime import TorchRNG
 
@@ -310,13 +314,29 @@ def optimizer_update(
     frame = _Frame()
     frames.append(frame)
     try:
-        out, own = _update(impl, optim, compute_grad, loss_of, loss_key, frame, parent is not None)
+        with _others_at_w(impl, optim, nested=parent is not None):
+            out, own = _update(
+                impl, optim, compute_grad, loss_of, loss_key, frame, parent is not None
+            )
     finally:
         frames.pop()
     sharpness = {**own, **frame.sharpness}
     if parent is not None:
         parent.sharpness.update(sharpness)
     return out, sharpness
+
+
+def _others_at_w(impl: Any, optim: Any, nested: bool) -> contextlib.AbstractContextManager[None]:
+    """Momentum-SAM: this update's loss at its own ``w~``, every other network at its ``w``.
+
+    A top-level update holds the implementation's other optimizers at ``w`` (the actor's loss
+    reads the critic, ``compute_target`` samples the policy); a nested one (temperature, alpha)
+    is let go to its ``w~`` for its own loss and step, then held at its new ``w``.
+    """
+    if nested:
+        return released(optim.optim)
+    modules = getattr(impl, "modules", None)
+    return others_at_w(o for o in optimizers_of(modules) if o is not optim.optim)
 
 
 def _update(
