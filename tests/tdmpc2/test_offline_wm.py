@@ -8,34 +8,13 @@ from __future__ import annotations
 
 import csv
 
-import numpy as np
 import pytest
 import torch
+from offline_support import TINY, synthetic
 from tdmpc2_support import SKIP_REASON
 
 pytestmark = pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP_REASON or "")
 torch.set_num_threads(1)
-
-TINY = {  # a few-thousand-parameter TD-MPC2 (model_size null: the sizes below count)
-    "model_size": None,
-    "enc_dim": 16,
-    "mlp_dim": 16,
-    "latent_dim": 16,
-    "num_q": 2,
-    "batch_size": 8,
-    "horizon": 3,
-}
-
-
-def synthetic(episodes: int, length: int, seed: int, obs_dim: int = 3) -> dict:
-    """A dataset in the layout of flatrl.tdmpc2.offline.data (NaN first action/reward)."""
-    rs = np.random.RandomState(seed)
-    obs = torch.from_numpy(rs.randn(episodes, length + 1, obs_dim).astype(np.float32))
-    action = torch.from_numpy(rs.uniform(-1, 1, (episodes, length + 1, 1)).astype(np.float32))
-    reward = torch.from_numpy(rs.rand(episodes, length + 1).astype(np.float32))
-    action[:, 0], reward[:, 0] = float("nan"), float("nan")
-    facts = {"obs_shape": {"state": (obs_dim,)}, "action_dim": 1, "episode_length": length}
-    return {"obs": obs, "action": action, "reward": reward, "facts": facts}
 
 
 def run(tmp, steps: int, **extra) -> dict:

@@ -9,59 +9,26 @@ with a plain-Adam agent holding ``w`` (or with ``w`` itself), in process on the 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from offline_support import TINY_AGENT, offline_agent, synthetic
 from tdmpc2_support import SKIP_REASON
 
 pytestmark = pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP_REASON or "")
 torch.set_num_threads(1)
 
-TINY = {
-    "model_size": None,
-    "enc_dim": 16,
-    "mlp_dim": 16,
-    "latent_dim": 16,
-    "num_q": 2,
-    "batch_size": 8,
-    "horizon": 3,
+TINY = {  # + a small planner, so that act() plans quickly
+    **TINY_AGENT,
     "num_samples": 16,
     "num_elites": 4,
     "num_pi_trajs": 4,
     "iterations": 2,
-    "compile": False,
-    "device": "cpu",
-    "enable_wandb": False,
-    "seed": 3,
-    "task": "cartpole-swingup",
 }
 MSAM = {"optimizer": "SAM", "sam_rho": 0.5, "sam_variant": "msam"}
 
 
-def synthetic(episodes: int, length: int, seed: int) -> dict:
-    """A tiny dataset in flatrl.tdmpc2.offline.data's layout (NaN first action and reward)."""
-    rs = np.random.RandomState(seed)
-    obs = torch.from_numpy(rs.randn(episodes, length + 1, 3).astype(np.float32))
-    action = torch.from_numpy(rs.uniform(-1, 1, (episodes, length + 1, 1)).astype(np.float32))
-    reward = torch.from_numpy(rs.rand(episodes, length + 1).astype(np.float32))
-    action[:, 0], reward[:, 0] = float("nan"), float("nan")
-    facts = {"obs_shape": {"state": (3,)}, "action_dim": 1, "episode_length": length}
-    return {"obs": obs, "action": action, "reward": reward, "facts": facts}
-
-
 def _agent(data: dict, **keys):
-    from flatrl.tdmpc2.offline import data as datasets
-    from flatrl.tdmpc2.offline.tree import make_agent, make_buffer, make_cfg
-
-    cfg = make_cfg(TINY, data["facts"])
-    cfg.steps = cfg.buffer_size = int(data["obs"].shape[0] * data["obs"].shape[1])
-    for key, value in keys.items():
-        setattr(cfg, key, value)
-    torch.manual_seed(0)
-    agent = make_agent(cfg)
-    buffer = make_buffer(cfg)
-    buffer.load(datasets.as_tensordict(data))
-    return agent, buffer
+    return offline_agent(data, TINY, **keys)
 
 
 def _state(agent) -> dict[str, torch.Tensor]:
