@@ -139,7 +139,7 @@ wheels: apply
 # Offline TD3+BC on Pendulum-v1, Adam vs SAM (rho 0.01), 3 seeds: per-arm mean/IQM with 95%
 # bootstrap CIs, P(SAM > Adam), runs/demo/demo.png (return and sharpness per step); one core.
 demo: apply
-	$(D3) bench/d3rlpy_demo.py --out runs/demo
+	$(VENV)/current/bin/python bench/d3rlpy_demo.py --out runs/demo
 
 # d3rlpy's own test suite against the patched tree (its tests are not in the sdist: take them
 # from a checkout of takuseno/d3rlpy at v2.8.1). The plugin tests/d3rlpy/d3rlpy_upstream_compat.py

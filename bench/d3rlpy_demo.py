@@ -19,7 +19,7 @@ evaluation) gave Adam -269 / -316, SAM rho 0.01 -269 / -418, 0.05 -426 / -392, 0
 ASAM rho 0.5 -512 / -916: no rho helped, and the larger rho, the slower the learning; 0.01 is
 the least harmful. The demo shows that picture, not a win.
 
-    OMP_NUM_THREADS=1 .venv/d3rlpy/bin/python bench/d3rlpy_demo.py [--seeds 0 1 2] [--rho R]
+    OMP_NUM_THREADS=1 .venv/current/bin/python bench/d3rlpy_demo.py [--seeds 0 1 2] [--rho R]
 """
 
 from __future__ import annotations
@@ -186,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time: {wall:.0f}s wall, {cpu:.0f}s CPU")
     print(f"figure: {png}   (open it in any image viewer)")
     print(f"logs: {args.out}/<arm>/seed_<s>/<experiment>/*.csv (d3rlpy: epoch,step,value)")
-    print("more seeds, algorithms and rhos: python -m flatrl.study run studies/d3rlpy-offline.yaml")
+    study_run = "python -m flatrl.study run studies/d3rlpy-offline-cpu.yaml"
+    print(f"more seeds, algorithms and rhos: {study_run}")
     reproduce = shlex.join(["bench/d3rlpy_demo.py", *(sys.argv[1:] if argv is None else argv)])
-    print(f"reproduce: OMP_NUM_THREADS=1 .venv/d3rlpy/bin/python {reproduce}")
+    python = os.path.relpath(sys.executable)  # the environment this ran in, e.g. .venv/current
+    print(f"reproduce: OMP_NUM_THREADS=1 {python} {reproduce}")
     return 0
 
 
