@@ -73,8 +73,24 @@ apply: setup
 	$(PYTHON) apply_patches.py pth --venv $(VENV)
 
 # The environments' suites run side by side, each single-threaded: 2 cores, no oversubscription.
+# The default environment runs every folder; as one pytest process it would leave the second
+# core idle, so `make test` runs it in two parts of about equal time (PARTS_<env>: groups of
+# folders joined by "+"; every folder the environment runs must be in exactly one group).
+PARTS_current := tdmpc2+sac+current core+d3rlpy+study+tooling+world_model
+test_jobs = $(foreach e,$(ENVS),$(if $(PARTS_$(e)),$(foreach g,$(PARTS_$(e)),test-part-$(e)@$(g)),test-$(e)-env))
+
 test: apply check-test-envs
-	$(MAKE) --no-print-directory -j2 --output-sync=target $(ENVS:%=test-%-env)
+	@want="$$(echo $(call tests_for,current) | tr ' ' '\n' | sort)"; \
+	got="$$(echo $(subst +, ,$(PARTS_current)) | tr ' ' '\n' | sed 's|^|tests/|' | sort)"; \
+	[ "$$want" = "$$got" ] || { echo "error: PARTS_current in the Makefile must list exactly" \
+		"the folders $(TEST_TABLE) runs in current:" $(call tests_for,current) >&2; exit 1; }
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(test_jobs)
+
+# One part of an environment's folders: test-part-<env>@<folder>+<folder>...
+test-part-%: check-test-envs
+	$(VENV)/$(firstword $(subst @, ,$*))/bin/python -m pytest $(PYTEST_FLAGS) \
+		$(PYTEST_ARGS_$(firstword $(subst @, ,$*))) \
+		$(addprefix tests/,$(subst +, ,$(word 2,$(subst @, ,$*))))
 
 # The version matrix: every environment on every folder TEST_TABLE gives it.
 test-matrix: apply check-test-envs
