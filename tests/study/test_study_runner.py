@@ -22,7 +22,9 @@ from flatrl.study.runner import (
     run_local,
     run_state,
     select,
+    subset,
 )
+from flatrl.study.spec import StudyError
 from study_support import TOY, invocations, make_study
 
 
@@ -201,3 +203,33 @@ def test_submitit_debug_executor_runs_jobs_and_records_failures(tmp_path):
     # a second submission has nothing left to do
     assert select(runs)[0] == []
     assert run_state(plan(make_study(seeds=[9]), tmp_path)[0]) == PENDING
+
+
+def test_arms_and_seeds_select_a_subset_in_plan_order(tmp_path):
+    study = make_study(
+        arms={"iql-adam": {}, "iql-sam": {}, "cql-adam": {}},
+        seeds=[0, 1, 2],
+        baseline=None,
+    )
+    runs = plan(study, tmp_path)
+    chosen = subset(runs, arms=["iql-*"], seeds=[1, 2])
+    assert [r.key for r in chosen] == [
+        "iql-adam/seed_1",
+        "iql-sam/seed_1",
+        "iql-adam/seed_2",
+        "iql-sam/seed_2",
+    ]
+    assert [r.key for r in subset(runs, arms=["cql-adam", "iql-sam"], seeds=[0])] == [
+        "iql-sam/seed_0",
+        "cql-adam/seed_0",
+    ]
+    assert subset(runs) == runs
+
+
+def test_a_subset_that_selects_nothing_names_what_exists(tmp_path):
+    study = make_study(arms={"iql-adam": {}, "iql-sam": {}}, seeds=[0, 1], baseline=None)
+    runs = plan(study, tmp_path)
+    with pytest.raises(StudyError, match=r"'td3\*' matches no arm.*iql-adam, iql-sam"):
+        subset(runs, arms=["td3*"])
+    with pytest.raises(StudyError, match=r"\[7\] are not in the study's seed list \[0, 1\]"):
+        subset(runs, seeds=[7])

@@ -28,6 +28,7 @@ from flatrl.study.runner import (
     run_state,
     select,
     submit_slurm,
+    subset,
     wait_slurm,
 )
 from flatrl.study.spec import Study, StudyError, load_study
@@ -55,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--launcher", choices=("local", "slurm"), default="local")
     sp.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     sp.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    sp.add_argument(
+        "--arms",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="only arms matching these glob patterns, e.g. 'iql-pendulum-*' (default: all)",
+    )
+    sp.add_argument(
+        "--seeds", nargs="+", type=int, default=[], help="only these seeds (default: all)"
+    )
     sp.add_argument("--no-progress", dest="progress", action="store_false")
     slurm = sp.add_argument_group("slurm (override the study's 'slurm:' section)")
     slurm.add_argument("--partition")
@@ -90,6 +101,10 @@ def _study_cmd(command: str, args: argparse.Namespace) -> str:
     parts = ["python", "-m", "flatrl.study", command, str(args.study)]
     if args.runs_root != Path("runs"):
         parts += ["--runs-root", str(args.runs_root)]
+    if command == "run" and getattr(args, "arms", None):
+        parts += ["--arms", *args.arms]
+    if command == "run" and getattr(args, "seeds", None):
+        parts += ["--seeds", *map(str, args.seeds)]
     return shlex.join(parts)
 
 
@@ -102,11 +117,14 @@ def _sigterm_as_interrupt() -> None:
 
 def cmd_run(study: Study, args: argparse.Namespace) -> int:
     runs = plan(study, args.runs_root)
+    everything = len(runs)
+    runs = subset(runs, arms=args.arms, seeds=args.seeds)
     todo, counts = select(runs, retry_failed=args.retry_failed)
     study_dir = args.runs_root / study.name
+    chosen = "" if len(runs) == everything else f"; this call: {len(runs)} of them (--arms/--seeds)"
     print(
-        f"study {study.name}: {len(runs)} runs ({len(study.arms)} arms x {len(study.seeds)} "
-        f"seeds); {counts[FINISHED]} finished, {counts[FAILED]} failed, {counts[RUNNING]} "
+        f"study {study.name}: {everything} runs ({len(study.arms)} arms x {len(study.seeds)} "
+        f"seeds){chosen}; {counts[FINISHED]} finished, {counts[FAILED]} failed, {counts[RUNNING]} "
         f"running elsewhere, {len(todo)} to launch"
         + (f" ({counts[INTERRUPTED]} interrupted: resume)" if counts[INTERRUPTED] else "")
     )

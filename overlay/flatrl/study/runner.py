@@ -14,6 +14,7 @@ recorded and does not stop the others (``--retry-failed`` runs it again).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import signal
@@ -21,14 +22,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flatrl.study.entry_points import EntryPoint
-from flatrl.study.spec import Study
+from flatrl.study.spec import Study, StudyError
 
 LOG = "run.log"
 STATUS = "status.json"
@@ -89,6 +90,33 @@ def plan(study: Study, runs_root: str | Path) -> list[Run]:
         )
         for seed in study.seeds
         for arm in study.arms.values()
+    ]
+
+
+def subset(runs: Sequence[Run], arms: Sequence[str] = (), seeds: Sequence[int] = ()) -> list[Run]:
+    """The runs whose arm matches one of the glob patterns ``arms`` (all if empty) and whose seed
+    is in ``seeds`` (all if empty), in plan order: a researcher with a few cores finishes the
+    arms that answer the question first at every seed, then widens. A pattern or seed that
+    selects nothing is an error naming what exists, not a silent empty run."""
+    names = list(dict.fromkeys(r.arm for r in runs))
+    known_seeds = sorted({r.seed for r in runs})
+    for pattern in arms:
+        if not fnmatch.filter(names, pattern):
+            raise StudyError(
+                f"--arms {pattern!r} matches no arm of this study; its arms are: "
+                f"{', '.join(names)} (glob patterns such as 'iql-pendulum-*' work)."
+            )
+    unknown = sorted(set(seeds) - set(known_seeds))
+    if unknown:
+        raise StudyError(
+            f"--seeds {unknown} are not in the study's seed list {known_seeds}; add them to "
+            "'seeds:' in the study file to run them."
+        )
+    return [
+        r
+        for r in runs
+        if (not arms or any(fnmatch.fnmatchcase(r.arm, p) for p in arms))
+        and (not seeds or r.seed in seeds)
     ]
 
 
