@@ -135,7 +135,7 @@ def tdmpc2_workload(device: str, size: int, batch: int) -> Workload:
     for case in CASES:
         overrides = {"optimizer": "Adam" if case == "adam" else "Muon"}
         with redirect_stdout(io.StringIO()):  # the agent's construction chatter
-            agent = td.make_agent(size, batch, overrides, True, args)
+            agent = td.make_agent(size, batch, overrides, True, True, args)
         if data is None:  # one batch for all cases
             data = td.make_batch(agent, seed=size * 1000 + batch)
         if case != "adam":

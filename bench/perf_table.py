@@ -169,6 +169,7 @@ def part_tdmpc2(s: Settings) -> list[dict[str, Any]]:
         compile=False,
         scopes=scopes,
         freeze="on",
+        t0_reuse="on",
         every4=True,
         rounds=s.rounds,
         updates=4,
@@ -180,8 +181,8 @@ def part_tdmpc2(s: Settings) -> list[dict[str, Any]]:
         with redirect_stdout(io.StringIO()):
             med = bench.measure(size, 256, args)
             flops = {}
-            for name, case, freeze in bench.cases(args):
-                agent = bench.make_agent(size, 256, case, freeze, args)
+            for name, case, freeze, reuse_t0 in bench.cases(args):
+                agent = bench.make_agent(size, 256, case, freeze, reuse_t0, args)
                 data = bench.make_batch(agent, seed=size * 1000 + 256)
                 bench.run_updates(agent, data, 1)
                 flops[name] = flops_per_update(lambda a=agent, d=data: a._update(*d), calls=4)

@@ -81,13 +81,19 @@ def batches(cfg: Any, n: int, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
 
 
 def trace(agent: Any, updates: int, out: str) -> dict[str, Any]:
+    """``updates`` updates on fixed batches: their metrics, the weights after them (in ``out``),
+    and how much work the encoder and reward head did (calls; rows per reward-head call)."""
+    encoder_calls, reward_rows = [], []
+    encoder = agent.model._encoder[agent.cfg.obs]
+    encoder.register_forward_hook(lambda m, args, out: encoder_calls.append(1))
+    agent.model._reward.register_forward_hook(lambda m, args, out: reward_rows.append(len(out)))
     losses = []
     for batch in batches(agent.cfg, updates):
         torch.compiler.cudagraph_mark_step_begin()
         info = agent._update(*batch)
         losses.append({k: float(v) for k, v in info.items()})
     torch.save({k: v.detach().clone() for k, v in agent.model.state_dict().items()}, out)
-    return {"losses": losses}
+    return {"losses": losses, "encoder_calls": len(encoder_calls), "reward_rows": reward_rows}
 
 
 def _snapshot(agent: Any) -> dict[str, torch.Tensor]:
@@ -291,6 +297,9 @@ def run_job(tree: str, job: dict[str, Any]) -> dict[str, Any]:
     agent = make_agent(tree, overrides)
     if job.get("float64"):
         agent.scale.double()  # RunningScale's buffers are float32 by construction
+    for name, value in job.get("attrs", {}).items():  # e.g. a switch of the patched agent
+        assert hasattr(agent, name), name
+        setattr(agent, name, value)
     if mode == "trace":
         return trace(agent, int(job.get("updates", 3)), job.get("out", os.devnull))
     if mode == "perturbed":

@@ -6,6 +6,10 @@ pass takes gradients for the in-scope ones only (SAM's ``freeze_out_of_scope``):
 gradients are not computed. The rho -> 0 law (``test_updates.py``) shows the update itself is
 unchanged; here, gradient hooks on every parameter record which modules get a gradient in each
 world-model pass, on the real agent (``probe.py grads``).
+
+With ``sam_scope=dynamics`` the second pass also skips the encoder and the t=0 reward/Q heads,
+reusing the first pass's z_0 and t=0 loss terms (patch 0012): the update must be bit-identical
+to the pass that recomputes them, with dropout on (the Q ensemble's masks are the uncut ones).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from tdmpc2_support import run_probe
 
 pytestmark = pytest.mark.tdmpc2
@@ -59,3 +64,39 @@ def test_user_frozen_parameters_stay_frozen(grads):
     assert "_reward.0.bias" in before and "_dynamics.0.weight" in before
     assert result["requires_grad_after"] == before
     assert result["passes"] == [ALL, ["_dynamics"]]
+
+
+@pytest.fixture(scope="module")
+def t0_reuse(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Three SAM(dynamics, rho 0.1) updates with Q dropout 0.3, the second pass reusing the
+    first's t=0 work or recomputing it, on the same batches."""
+    out = tmp_path_factory.mktemp("t0")
+    overrides = {"optimizer": "SAM", "sam_scope": "dynamics", "sam_rho": 0.1, "dropout": 0.3}
+    runs = {"reuse": {}, "recompute": {"_sam_reuses_t0": False}}
+    jobs = [
+        {"mode": "trace", "updates": 3, "out": str(out / f"{name}.pt"), "overrides": overrides}
+        | {"attrs": attrs}
+        for name, attrs in runs.items()
+    ]
+    results = dict(zip(runs, run_probe(tree, jobs), strict=True))
+    for name in runs:
+        results[name]["params"] = torch.load(out / f"{name}.pt")
+    return results
+
+
+def test_dynamics_scope_second_pass_skips_encoder_and_t0_heads(t0_reuse):
+    horizon, updates = 3, 3
+    # per update: the TD targets' and the first pass's encoder calls; the recomputing second
+    # pass encodes again
+    assert t0_reuse["reuse"]["encoder_calls"] == 2 * updates
+    assert t0_reuse["recompute"]["encoder_calls"] == 3 * updates
+    assert t0_reuse["reuse"]["reward_rows"] == [horizon, horizon - 1] * updates
+    assert t0_reuse["recompute"]["reward_rows"] == [horizon, horizon] * updates
+
+
+def test_reusing_t0_changes_nothing_bit_for_bit(t0_reuse):
+    reuse, recompute = t0_reuse["reuse"], t0_reuse["recompute"]
+    assert all(update["sharpness"] > 0 for update in reuse["losses"])  # a real perturbation
+    assert reuse["losses"] == recompute["losses"]  # incl. perturbed_loss: the same loss value
+    assert reuse["params"].keys() == recompute["params"].keys()
+    assert all(torch.equal(reuse["params"][k], recompute["params"][k]) for k in reuse["params"])
