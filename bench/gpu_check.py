@@ -7,6 +7,8 @@ What runs (each check a subprocess in the right environment, with its own time l
 * d3rlpy: SAC with ``SAMFactory`` trains on CUDA and logs a finite sharpness; ``compile_graph=True``
   with SAM is refused at create time with the documented message;
 * TD-MPC2: ``compile=true`` (upstream's default) with ``optimizer=Adam``, ``SAM`` and ``Muon``;
+  ``sam_scope=dynamics``'s second pass reusing the t=0 work is bit-identical to recomputing it
+  on CUDA too (the Q dropout masks, patch 0012);
 * the SAC agent with Muon on CUDA (bfloat16 Newton-Schulz) and the world-model agent on CUDA.
 
 Usage::
@@ -135,6 +137,30 @@ D3RLPY_SAC_SAM = textwrap.dedent(
     """
 )
 
+TDMPC2_T0_REUSE = textwrap.dedent(
+    """
+    import os, sys, tempfile, torch
+    sys.path.insert(0, os.path.join(os.environ["GPU_CHECK_ROOT"], "tests", "tdmpc2"))
+    import probe
+    dev = os.environ["GPU_CHECK_DEVICE"]
+    tree = os.path.join(os.environ["GPU_CHECK_ROOT"], "build", "tdmpc2", "tdmpc2")
+    cfg = {"optimizer": "SAM", "sam_scope": "dynamics", "sam_rho": 0.1, "dropout": 0.3,
+           "device": dev}
+    out, results = tempfile.mkdtemp(), {}
+    for name, attrs in (("reuse", {}), ("recompute", {"_sam_reuses_t0": False})):
+        job = {"mode": "trace", "updates": 3, "out": os.path.join(out, name + ".pt"),
+               "overrides": cfg, "attrs": attrs}
+        results[name] = probe.run_job(tree, job)
+        results[name]["params"] = torch.load(job["out"])
+    a, b = results["reuse"], results["recompute"]
+    assert a["reward_rows"] == [3, 2] * 3 and b["reward_rows"] == [3, 3] * 3
+    assert a["losses"] == b["losses"], (a["losses"], b["losses"])
+    same = all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
+    assert same, "t=0 reuse changed the update on " + dev
+    print(f"TD-MPC2 sam_scope=dynamics on {dev}: t=0 reuse == recompute bit for bit (dropout 0.3)")
+    """
+)
+
 TDMPC2_TINY = (
     "task=cartpole-swingup",
     "model_size=1",
@@ -195,6 +221,13 @@ def checks(tmp: Path, device: str) -> list[Check]:
             )
             for opt in ("Adam", "SAM", "Muon")
         ],
+        Check(
+            "tdmpc2-t0-reuse",
+            "TD-MPC2 dynamics-scope SAM: t=0 reuse bit-identical on CUDA",
+            TD,
+            ("-c", TDMPC2_T0_REUSE),
+            timeout_s=300,
+        ),
         Check(
             "sac-muon-bf16",
             "SAC agent, Muon on CUDA (bf16 Newton-Schulz)",
@@ -263,7 +296,7 @@ def cuda_available(python: Path) -> tuple[bool, str]:
 
 def run_check(check: Check, device: str) -> tuple[str, float, str]:
     """Run one check; returns (PASS|FAIL|TIMEOUT, seconds, output tail)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", GPU_CHECK_DEVICE=device)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GPU_CHECK_DEVICE=device, GPU_CHECK_ROOT=str(ROOT))
     env.setdefault("MUJOCO_GL", "egl" if device.startswith("cuda") else "disable")
     start = time.monotonic()
     try:

@@ -76,7 +76,7 @@ def batches(cfg: Any, n: int, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
         action = action.to(dtype)
         reward = torch.from_numpy(rs.randn(h, b, 1).astype(np.float32)).to(dtype)
         terminated = torch.zeros(h, b, 1)
-        out.append((obs, action, reward, terminated))
+        out.append(tuple(x.to(cfg.device) for x in (obs, action, reward, terminated)))
     return out
 
 
@@ -92,7 +92,7 @@ def trace(agent: Any, updates: int, out: str) -> dict[str, Any]:
         torch.compiler.cudagraph_mark_step_begin()
         info = agent._update(*batch)
         losses.append({k: float(v) for k, v in info.items()})
-    torch.save({k: v.detach().clone() for k, v in agent.model.state_dict().items()}, out)
+    torch.save({k: v.detach().cpu() for k, v in agent.model.state_dict().items()}, out)
     return {"losses": losses, "encoder_calls": len(encoder_calls), "reward_rows": reward_rows}
 
 
