@@ -71,6 +71,13 @@ def test_evaluation_leaves_training_alone(tmp_path, warm):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_summary_names_every_optimizer_setting(tmp_path, warm):
+    variant = {**SAM, "sam_variant": "looksam", "sam_every": 2, "sam_looksam_alpha": 0.5}
+    summary = run(tmp_path, 2, **variant)
+    assert summary["optimizer"] == variant
+    assert run(tmp_path / "adam", 2, optimizer="Adam")["optimizer"] == {"optimizer": "Adam"}
+
+
 def test_resume_with_other_settings_fails(tmp_path, warm):
     run(tmp_path, 2)
     with pytest.raises(ValueError, match="other settings .*sam_rho"):

@@ -296,8 +296,9 @@ def train(
         "checkpoint": str(s.run_dir / CHECKPOINT),
         "train_dataset": str(train_path),
         "heldout_dataset": str(held_path),
+        # every optimizer setting the run was given (variant, every_k, ... included)
         "optimizer": {
-            k: s.tdmpc2.get(k) for k in ("optimizer", "sam_scope", "sam_rho") if k in s.tdmpc2
+            k: v for k, v in s.tdmpc2.items() if k == "optimizer" or k.startswith("sam_")
         },
     }
     atomic_write_text(json.dumps(summary, indent=1), s.run_dir / SUMMARY)
