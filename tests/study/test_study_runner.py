@@ -233,3 +233,40 @@ def test_a_subset_that_selects_nothing_names_what_exists(tmp_path):
         subset(runs, arms=["td3*"])
     with pytest.raises(StudyError, match=r"\[7\] are not in the study's seed list \[0, 1\]"):
         subset(runs, seeds=[7])
+
+
+def test_archive_keeps_finished_runs_metrics_and_no_checkpoints(tmp_path):
+    from flatrl.study.archive import archive_study
+    from flatrl.study.report import collect
+
+    study = make_study(
+        entry_point={
+            "type": "command",
+            "command": f"{{python}} {TOY} --seed {{seed}} --steps {{budget}} --out {{run_dir}}",
+        }
+    )
+    runs = plan(study, tmp_path / "runs")
+    run_local(runs[:3], workers=1, progress=False, echo=lambda s: None)  # one run not finished
+    (runs[0].run_dir / "big.csv").write_text("return\n" + "1\n" * 1000)
+    (runs[0].run_dir / "grad_stats.csv").write_text("step,norm\n1,0.5\n")  # no study metric
+    (runs[0].run_dir / "sharpness.csv").write_text("1,1,0.5\n")  # d3rlpy style: named after one
+    done = archive_study(study, tmp_path / "runs", tmp_path / "kept", max_bytes=1000)
+    assert done.runs == [r.key for r in runs[:3]] and done.not_finished == [runs[3].key]
+    kept = {p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*")}
+    first = f"toy/{runs[0].key}"
+    names = ("done.json", "status.json", "metrics.csv", "sharpness.csv")
+    assert {f"{first}/{n}" for n in names} <= kept
+    left = ("checkpoint", ".log", "big.csv", "grad_stats.csv")
+    assert not [k for k in kept if any(part in k for part in left)]
+    assert not any(runs[3].key in k for k in kept)
+    # the archive reports the same scores as the runs, and resumes as finished
+    scores = {
+        root: {a: [r.final for r in rs] for a, rs in collect(study, tmp_path / root).items()}
+        for root in ("runs", "kept")
+    }
+    assert scores["runs"] == scores["kept"] and scores["kept"]["base"][0] is not None
+    assert [run_state(r) for r in plan(study, tmp_path / "kept")][:3] == [FINISHED] * 3
+    # archiving again replaces, and the runs root itself is refused
+    assert archive_study(study, tmp_path / "runs", tmp_path / "kept").runs == done.runs
+    with pytest.raises(ValueError, match="another folder"):
+        archive_study(study, tmp_path / "runs", tmp_path / "runs")

@@ -1,4 +1,4 @@
-"""``python -m flatrl.study {run,status,report,validate} STUDY.yaml``.
+"""``python -m flatrl.study {run,status,report,archive,validate} STUDY.yaml``.
 
 Every command validates the study file first (one message naming the key and the fix, exit 2,
 nothing started) and ends with a short summary: where the runs and the report are and the
@@ -91,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=None, help="default <runs-root>/<study>/report")
     sp.add_argument("--last-k", type=int, default=None, help="score = mean of the last K values")
     sp.add_argument("--reps", type=int, default=None, help="bootstrap replicates")
+
+    sp = sub.add_parser(
+        "archive", help="copy finished runs without checkpoints to a folder to commit"
+    )
+    common(sp)
+    sp.add_argument(
+        "--to",
+        type=Path,
+        default=Path("studies") / "results",
+        help="archive root; runs go to <to>/<study>/... (default: studies/results)",
+    )
 
     sp = sub.add_parser("validate", help="check the study file and print the plan")
     common(sp)
@@ -232,6 +243,24 @@ def cmd_report(study: Study, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(study: Study, args: argparse.Namespace) -> int:
+    from flatrl.study.archive import archive_study
+
+    try:
+        done = archive_study(study, args.runs_root, args.to)
+    except ValueError as err:
+        raise StudyError(str(err)) from err
+    where = args.to / study.name
+    print(
+        f"archived {len(done.runs)} finished runs of {study.name} to {where}/ "
+        f"({done.bytes / 1e6:.1f} MB; {len(done.skipped)} files left behind: checkpoints, "
+        f"logs, files over 1 MB); {len(done.not_finished)} runs not finished"
+    )
+    print(f"report from it: python -m flatrl.study report {args.study} --runs-root {args.to}")
+    print(f"resume from it: mkdir -p runs && cp -r {where} runs/ && {_study_cmd('run', args)}")
+    return 0
+
+
 def cmd_validate(study: Study, args: argparse.Namespace) -> int:
     runs = plan(study, args.runs_root)
     print(f"{args.study}: OK: {len(study.arms)} arms x {len(study.seeds)} seeds = {len(runs)} runs")
@@ -241,7 +270,13 @@ def cmd_validate(study: Study, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "validate": cmd_validate}
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "report": cmd_report,
+    "archive": cmd_archive,
+    "validate": cmd_validate,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
