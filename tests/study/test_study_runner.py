@@ -270,3 +270,13 @@ def test_archive_keeps_finished_runs_metrics_and_no_checkpoints(tmp_path):
     assert archive_study(study, tmp_path / "runs", tmp_path / "kept").runs == done.runs
     with pytest.raises(ValueError, match="another folder"):
         archive_study(study, tmp_path / "runs", tmp_path / "runs")
+
+
+def test_report_arms_bring_their_baselines(tmp_path):
+    from flatrl.study.runner import matching_arms
+
+    study = make_study(arms={"base": {}, "better": {}, "worse": {}}, baseline="base")
+    assert matching_arms(study, ["bett*"]) == ["base", "better"]
+    assert matching_arms(study, ["worse", "better"]) == ["base", "better", "worse"]
+    with pytest.raises(StudyError, match="'none' matches no arm"):
+        matching_arms(study, ["none"])

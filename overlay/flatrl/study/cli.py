@@ -22,6 +22,7 @@ from flatrl.study.runner import (
     PENDING,
     RUNNING,
     STATUS,
+    matching_arms,
     plan,
     read_json,
     run_local,
@@ -91,6 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, default=None, help="default <runs-root>/<study>/report")
     sp.add_argument("--last-k", type=int, default=None, help="score = mean of the last K values")
     sp.add_argument("--reps", type=int, default=None, help="bootstrap replicates")
+    sp.add_argument(
+        "--arms",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="report only these arms (glob patterns) and their baselines (default: all)",
+    )
 
     sp = sub.add_parser(
         "archive", help="copy finished runs without checkpoints to a folder to commit"
@@ -112,7 +120,7 @@ def _study_cmd(command: str, args: argparse.Namespace) -> str:
     parts = ["python", "-m", "flatrl.study", command, str(args.study)]
     if args.runs_root != Path("runs"):
         parts += ["--runs-root", str(args.runs_root)]
-    if command == "run" and getattr(args, "arms", None):
+    if command in ("run", "report") and getattr(args, "arms", None):
         parts += ["--arms", *args.arms]
     if command == "run" and getattr(args, "seeds", None):
         parts += ["--seeds", *map(str, args.seeds)]
@@ -230,6 +238,9 @@ def cmd_report(study: Study, args: argparse.Namespace) -> int:
             raise StudyError("--reps must be a positive integer.")
         settings = replace(settings, reps=args.reps)
     study = replace(study, report=settings)
+    if args.arms:
+        chosen = matching_arms(study, args.arms)
+        study = replace(study, arms={name: study.arms[name] for name in chosen})
     path = write_report(
         study,
         args.runs_root,

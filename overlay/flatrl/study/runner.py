@@ -93,19 +93,32 @@ def plan(study: Study, runs_root: str | Path) -> list[Run]:
     ]
 
 
-def subset(runs: Sequence[Run], arms: Sequence[str] = (), seeds: Sequence[int] = ()) -> list[Run]:
-    """The runs whose arm matches one of the glob patterns ``arms`` (all if empty) and whose seed
-    is in ``seeds`` (all if empty), in plan order: a researcher with a few cores finishes the
-    arms that answer the question first at every seed, then widens. A pattern or seed that
-    selects nothing is an error naming what exists, not a silent empty run."""
-    names = list(dict.fromkeys(r.arm for r in runs))
-    known_seeds = sorted({r.seed for r in runs})
-    for pattern in arms:
+def _check_arm_patterns(names: list[str], patterns: Sequence[str]) -> None:
+    for pattern in patterns:
         if not fnmatch.filter(names, pattern):
             raise StudyError(
                 f"--arms {pattern!r} matches no arm of this study; its arms are: "
                 f"{', '.join(names)} (glob patterns such as 'iql-pendulum-*' work)."
             )
+
+
+def matching_arms(study: Study, patterns: Sequence[str]) -> list[str]:
+    """The arms matching any of the glob ``patterns``, with the baselines they are compared
+    with, in the study's order; a pattern that matches nothing is an error naming the arms."""
+    names = list(study.arms)
+    _check_arm_patterns(names, patterns)
+    chosen = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+    chosen |= {b for n in chosen if (b := study.baseline_of(n)) is not None}
+    return [n for n in names if n in chosen]
+
+
+def subset(runs: Sequence[Run], arms: Sequence[str] = (), seeds: Sequence[int] = ()) -> list[Run]:
+    """The runs whose arm matches one of the glob patterns ``arms`` (all if empty) and whose seed
+    is in ``seeds`` (all if empty), in plan order: a researcher with a few cores finishes the
+    arms that answer the question first at every seed, then widens. A pattern or seed that
+    selects nothing is an error naming what exists, not a silent empty run."""
+    _check_arm_patterns(list(dict.fromkeys(r.arm for r in runs)), arms)
+    known_seeds = sorted({r.seed for r in runs})
     unknown = sorted(set(seeds) - set(known_seeds))
     if unknown:
         raise StudyError(
