@@ -64,6 +64,25 @@ def test_probability_of_improvement_over_the_baseline():
     assert clear["x"]["poi"] == 1.0
 
 
+def test_intervals_are_reproducible_and_independent_of_the_other_arms():
+    pytest.importorskip("rliable", reason="the report's intervals come from rliable")
+    rng = np.random.default_rng(0)
+    base, a, b = (rng.normal(size=5) + shift for shift in (0.0, 0.3, 1.0))
+    full = aggregate({"base": base, "a": a, "b": b}, baseline="base", reps=300)
+    alone = aggregate({"base": base, "b": b}, baseline="base", reps=300)  # report --arms b
+    np.random.seed(123)  # whatever the caller did to numpy's global generator
+    again = aggregate({"base": base, "b": b}, baseline="base", reps=300)
+    for key in ("iqm_ci", "mean_ci", "poi_ci"):
+        assert full["b"][key] == alone["b"][key] == again["b"][key], key
+    # and the caller's generator is left where it was
+    np.random.seed(7)
+    expected = np.random.random()
+    np.random.seed(7)
+    aggregate({"base": base, "b": b}, baseline="base", reps=50)
+    assert np.random.random() == expected
+    assert full["a"]["mean_ci"] != full["b"]["mean_ci"]
+
+
 def test_final_score_last_or_mean_of_last_k():
     s = Series(np.arange(1.0, 6.0), np.array([1.0, 2.0, 3.0, 4.0, 10.0]))
     assert final_score(s, ReportSettings()) == 10.0

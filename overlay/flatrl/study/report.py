@@ -15,9 +15,12 @@ baseline group ("does lower sharpness go with lower held-out error?").
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +122,25 @@ def aggregate(
         return _aggregate(library, metrics, scores, baseline, reps, seed, lower_is_better)
 
 
+@contextlib.contextmanager
+def _seeded_numpy(seed: int) -> Iterator[None]:
+    """rliable's bootstrap draws its resamples from numpy's global generator (its
+    ``random_state`` argument does not reach them), so seed that for the block and put the
+    caller's state back after: the same scores give the same intervals on every run."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _stream(seed: int, name: str) -> int:
+    """The bootstrap's random stream for one arm (or arm,baseline pair): from its name, so an
+    arm's interval is the same whichever other arms are in the report (``--arms``)."""
+    return (seed + zlib.crc32(name.encode())) % 2**32
+
+
 def _aggregate(
     library, metrics, scores, baselines, reps, seed, lower_is_better
 ) -> dict[str, dict[str, object]]:
@@ -127,7 +149,7 @@ def _aggregate(
     def iqm_and_mean(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
 
-    for i, (arm, values) in enumerate(scores.items()):
+    for arm, values in scores.items():
         values = np.asarray(values, dtype=float)
         entry: dict[str, object] = {"n": len(values)}
         if len(values) == 0:
@@ -137,12 +159,8 @@ def _aggregate(
         if len(values) == 1:
             point, lo, hi = iqm_and_mean(matrix), iqm_and_mean(matrix), iqm_and_mean(matrix)
         else:
-            points, cis = library.get_interval_estimates(
-                {arm: matrix},
-                iqm_and_mean,
-                reps=reps,
-                random_state=np.random.RandomState(seed + i),
-            )
+            with _seeded_numpy(_stream(seed, arm)):
+                points, cis = library.get_interval_estimates({arm: matrix}, iqm_and_mean, reps=reps)
             point, lo, hi = points[arm], cis[arm][0], cis[arm][1]
         entry.update(
             iqm=float(point[0]),
@@ -160,7 +178,7 @@ def _aggregate(
             else (metrics.probability_of_improvement(x, y))
         )
 
-    for i, (arm, values) in enumerate(scores.items()):
+    for arm, values in scores.items():
         baseline = baselines.get(arm)
         if baseline is None or len(values) == 0 or len(scores.get(baseline, [])) == 0:
             continue
@@ -171,12 +189,8 @@ def _aggregate(
             out[arm].update(poi=p, poi_ci=(p, p), baseline=baseline)
             continue
         key = f"{arm},{baseline}"
-        points, cis = library.get_interval_estimates(
-            {key: (x, base)},
-            improvement,
-            reps=reps,
-            random_state=np.random.RandomState(seed + 1000 + i),
-        )
+        with _seeded_numpy(_stream(seed, key)):
+            points, cis = library.get_interval_estimates({key: (x, base)}, improvement, reps=reps)
         ci = np.asarray(cis[key]).reshape(-1)
         out[arm].update(
             poi=float(points[key]), poi_ci=(float(ci[0]), float(ci[1])), baseline=baseline
