@@ -157,3 +157,34 @@ def test_tensorboard_reader_merges_files_of_a_resumed_run(tmp_path):
     assert series.steps.tolist() == [10.0, 20.0, 30.0]
     assert series.values.tolist() == [10.0, 21.0, 31.0]
     assert read_tensorboard(tmp_path / "tb", "eval/other") is None
+
+
+def test_report_cli_scores_another_metric_for_a_subset_of_arms(tmp_path, capsys):
+    pytest.importorskip("rliable", reason="the report's intervals come from rliable")
+    pytest.importorskip("matplotlib", reason="the report's figures")
+    import yaml
+    from flatrl.study.cli import main
+    from study_support import toy_raw
+
+    raw = toy_raw(
+        arms={"base": {}, "better": {"overrides": {"--quality": 2.0}}, "other": {}},
+        report={"reps": 200},
+    )
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    study = make_study(**raw)
+    run_local(plan(study, tmp_path), workers=2, progress=False, echo=lambda s: None)
+    out = tmp_path / "report"
+    argv = ["report", str(path), "--runs-root", str(tmp_path), "--out", str(out)]
+    # toy sharpness = 1 / (step * quality): "better" is flatter; lower is better for it
+    assert main([*argv, "--metric", "sharpness", "--lower-is-better", "--arms", "bett*"]) == 0
+    text = (out / "report.md").read_text()
+    assert "score per run: `sharpness`, last value (lower is better)" in text
+    assert "| better | 2/2 ⚠ (<5) | 0.1 [0.1, 0.1] | 0.1 [0.1, 0.1] | 1 [1, 1] |" in text
+    assert "| base | 2/2 ⚠ (<5) | 0.2 [0.2, 0.2] | 0.2 [0.2, 0.2] | baseline |" in text
+    assert "| other |" not in text
+    assert "--metric sharpness --lower-is-better" in text  # the report's own command
+    assert main([*argv, "--metric", "nope"]) == 2
+    assert "--metric 'nope' is not one of this study's metrics; choose from return, sharpness" in (
+        capsys.readouterr().err
+    )

@@ -99,6 +99,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="report only these arms (glob patterns) and their baselines (default: all)",
     )
+    sp.add_argument(
+        "--metric",
+        default=None,
+        help="score another of the study's metrics (one of its extra_metrics), e.g. a sharpness",
+    )
+    sp.add_argument(
+        "--higher-is-better",
+        dest="lower_is_better",
+        action="store_false",
+        default=None,
+        help="with --metric: higher values are better (default: the study's setting)",
+    )
+    sp.add_argument(
+        "--lower-is-better",
+        dest="lower_is_better",
+        action="store_true",
+        help="with --metric: lower values are better (errors, sharpness)",
+    )
 
     sp = sub.add_parser(
         "archive", help="copy finished runs without checkpoints to a folder to commit"
@@ -124,6 +142,10 @@ def _study_cmd(command: str, args: argparse.Namespace) -> str:
         parts += ["--arms", *args.arms]
     if command == "run" and getattr(args, "seeds", None):
         parts += ["--seeds", *map(str, args.seeds)]
+    if command == "report" and getattr(args, "metric", None):
+        parts += ["--metric", args.metric]
+    if command == "report" and getattr(args, "lower_is_better", None) is not None:
+        parts += ["--lower-is-better" if args.lower_is_better else "--higher-is-better"]
     return shlex.join(parts)
 
 
@@ -237,7 +259,17 @@ def cmd_report(study: Study, args: argparse.Namespace) -> int:
         if args.reps < 1:
             raise StudyError("--reps must be a positive integer.")
         settings = replace(settings, reps=args.reps)
+    if args.lower_is_better is not None:
+        settings = replace(settings, lower_is_better=args.lower_is_better)
     study = replace(study, report=settings)
+    if args.metric is not None and args.metric != study.metric:
+        if args.metric not in study.extra_metrics:
+            raise StudyError(
+                f"--metric {args.metric!r} is not one of this study's metrics; choose from "
+                f"{', '.join([study.metric, *study.extra_metrics])}."
+            )
+        others = tuple(m for m in (study.metric, *study.extra_metrics) if m != args.metric)
+        study = replace(study, metric=args.metric, extra_metrics=others)
     if args.arms:
         chosen = matching_arms(study, args.arms)
         study = replace(study, arms={name: study.arms[name] for name in chosen})
