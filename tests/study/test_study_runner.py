@@ -250,13 +250,18 @@ def test_archive_keeps_finished_runs_metrics_and_no_checkpoints(tmp_path):
     (runs[0].run_dir / "big.csv").write_text("return\n" + "1\n" * 1000)
     (runs[0].run_dir / "grad_stats.csv").write_text("step,norm\n1,0.5\n")  # no study metric
     (runs[0].run_dir / "sharpness.csv").write_text("1,1,0.5\n")  # d3rlpy style: named after one
+    (runs[0].run_dir / "tb").mkdir()
+    (runs[0].run_dir / "tb/events.out.tfevents.1.host").write_bytes(b"\0" * 100)  # SAC's logs
+    (runs[0].run_dir / "replay/step_5").mkdir(parents=True)
+    (runs[0].run_dir / "replay/step_5/meta.json").write_text("{}")  # a buffer dump's metadata
     done = archive_study(study, tmp_path / "runs", tmp_path / "kept", max_bytes=1000)
     assert done.runs == [r.key for r in runs[:3]] and done.not_finished == [runs[3].key]
     kept = {p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*")}
     first = f"toy/{runs[0].key}"
     names = ("done.json", "status.json", "metrics.csv", "sharpness.csv")
+    names += ("tb/events.out.tfevents.1.host",)
     assert {f"{first}/{n}" for n in names} <= kept
-    left = ("checkpoint", ".log", "big.csv", "grad_stats.csv")
+    left = ("checkpoint", ".log", "big.csv", "grad_stats.csv", "replay")
     assert not [k for k in kept if any(part in k for part in left)]
     assert not any(runs[3].key in k for k in kept)
     # the archive reports the same scores as the runs, and resumes as finished

@@ -3,9 +3,10 @@
 A study that runs for days on a shared machine is committed as it goes, so that a fresh checkout
 can report it and resume it (``cp -r <archive>/<study> runs/`` and the finished runs are
 skipped). What is kept is what ``report`` and ``status`` read: the runner's bookkeeping
-(``done.json``, ``status.json``), the entry point's settings (every ``.json``) and the CSV files
+(``done.json``, ``status.json``), the entry point's settings (every ``.json``), the CSV files
 that hold one of the study's metrics (named after it, as d3rlpy's ``<metric>.csv``, or with it in
-the header, as ``metrics.csv``/``eval.csv``), each up to ``max_bytes``. Checkpoints, logs, replay
+the header, as ``metrics.csv``/``eval.csv``) and TensorBoard event files (the SAC and
+world-model agents log there), each up to ``max_bytes``. Checkpoints, logs, replay
 dumps, other CSVs (d3rlpy's per-layer gradient statistics) and anything larger stay behind.
 Unfinished runs are not copied (they resume from their own checkpoints, which the archive does
 not hold).
@@ -21,6 +22,8 @@ from flatrl.study.runner import FINISHED, plan, run_state
 from flatrl.study.spec import Study
 
 KEPT_SUFFIXES = (".json", ".csv")
+TENSORBOARD_PREFIX = "events.out.tfevents."
+LEFT_DIRS = ("replay",)  # replay-buffer dumps: their metadata JSON is of no use without them
 MAX_BYTES = 1 << 20
 
 
@@ -53,11 +56,12 @@ def _holds_metric(path: Path, names: set[str]) -> bool:
 
 def kept(path: Path, names: set[str], max_bytes: int = MAX_BYTES) -> bool:
     """Whether a run's file belongs in the archive (metrics and bookkeeping, not checkpoints)."""
-    if path.suffix not in KEPT_SUFFIXES or path.name.startswith("checkpoint"):
+    tensorboard = path.name.startswith(TENSORBOARD_PREFIX)
+    if not tensorboard and (path.suffix not in KEPT_SUFFIXES or path.name.startswith("checkpoint")):
         return False
     if path.stat().st_size > max_bytes:
         return False
-    return path.suffix == ".json" or _holds_metric(path, names)
+    return tensorboard or path.suffix == ".json" or _holds_metric(path, names)
 
 
 def archive_study(
@@ -77,7 +81,8 @@ def archive_study(
         staging = dest.with_name(dest.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         for path in sorted(p for p in run.run_dir.rglob("*") if p.is_file()):
-            if not kept(path, names, max_bytes):
+            inside = path.relative_to(run.run_dir).parts[:-1]
+            if set(inside) & set(LEFT_DIRS) or not kept(path, names, max_bytes):
                 out.skipped.append(str(path.relative_to(runs_root)))
                 continue
             target = staging / path.relative_to(run.run_dir)
