@@ -173,6 +173,7 @@ def test_interrupted_study_resumes_and_skips_finished_runs(tmp_path):
         text=True,
     ).stdout
     assert "finished     2" in status_out and "report:" in status_out
+    assert "arms with every seed finished: 2 of 2" in status_out
 
 
 def _read(path: Path) -> str:

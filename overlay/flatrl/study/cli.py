@@ -236,6 +236,14 @@ def cmd_status(study: Study, args: argparse.Namespace) -> int:
         shown = keys if state != FINISHED else keys[:0]
         for key in shown:
             print(f"      {key}")
+    finished_seeds: dict[str, int] = {arm: 0 for arm in study.arms}
+    for run in runs:
+        finished_seeds[run.arm] += run_state(run) == FINISHED
+    complete = [arm for arm, n in finished_seeds.items() if n == len(study.seeds)]
+    print(
+        f"  arms with every seed finished: {len(complete)} of {len(study.arms)}"
+        + (f" (report them: {_study_cmd('report', args)} --arms ...)" if complete else "")
+    )
     remaining = len(by_state[PENDING]) + len(by_state[INTERRUPTED])
     if remaining:
         print(f"continue: {_study_cmd('run', args)}")
