@@ -54,8 +54,10 @@ def _holds_metric(path: Path, names: set[str]) -> bool:
     return bool(names.intersection(header))
 
 
-def kept(path: Path, names: set[str], max_bytes: int = MAX_BYTES) -> bool:
+def kept(path: Path, run_dir: Path, names: set[str], max_bytes: int = MAX_BYTES) -> bool:
     """Whether a run's file belongs in the archive (metrics and bookkeeping, not checkpoints)."""
+    if set(path.relative_to(run_dir).parts[:-1]) & set(LEFT_DIRS):
+        return False
     tensorboard = path.name.startswith(TENSORBOARD_PREFIX)
     if not tensorboard and (path.suffix not in KEPT_SUFFIXES or path.name.startswith("checkpoint")):
         return False
@@ -81,8 +83,7 @@ def archive_study(
         staging = dest.with_name(dest.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         for path in sorted(p for p in run.run_dir.rglob("*") if p.is_file()):
-            inside = path.relative_to(run.run_dir).parts[:-1]
-            if set(inside) & set(LEFT_DIRS) or not kept(path, names, max_bytes):
+            if not kept(path, run.run_dir, names, max_bytes):
                 out.skipped.append(str(path.relative_to(runs_root)))
                 continue
             target = staging / path.relative_to(run.run_dir)

@@ -305,7 +305,8 @@ def cmd_archive(study: Study, args: argparse.Namespace) -> int:
     print(
         f"archived {len(done.runs)} finished runs of {study.name} to {where}/ "
         f"({done.bytes / 1e6:.1f} MB; {len(done.skipped)} files left behind: checkpoints, "
-        f"logs, files over 1 MB); {len(done.not_finished)} runs not finished"
+        f"logs, replay dumps, CSVs without a study metric, files over 1 MB); "
+        f"{len(done.not_finished)} runs not finished"
     )
     print(f"report from it: python -m flatrl.study report {args.study} --runs-root {args.to}")
     print(f"resume from it: mkdir -p runs && cp -r {where} runs/ && {_study_cmd('run', args)}")

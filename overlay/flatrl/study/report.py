@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import math
 import shlex
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -116,10 +115,7 @@ def aggregate(
     library, metrics = _require_rliable()
     if not isinstance(baseline, dict):
         baseline = {arm: (baseline if arm != baseline else None) for arm in scores}
-    with warnings.catch_warnings():
-        # arch deprecates the RandomState argument rliable passes; the draws are the same
-        warnings.filterwarnings("ignore", message="random_state is deprecated")
-        return _aggregate(library, metrics, scores, baseline, reps, seed, lower_is_better)
+    return _aggregate(library, metrics, scores, baseline, reps, seed, lower_is_better)
 
 
 @contextlib.contextmanager

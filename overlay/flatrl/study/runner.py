@@ -93,21 +93,22 @@ def plan(study: Study, runs_root: str | Path) -> list[Run]:
     ]
 
 
-def _check_arm_patterns(names: list[str], patterns: Sequence[str]) -> None:
+def _arms_matching(names: list[str], patterns: Sequence[str]) -> set[str]:
+    """The names matching any glob pattern; a pattern that matches none is an error."""
     for pattern in patterns:
         if not fnmatch.filter(names, pattern):
             raise StudyError(
                 f"--arms {pattern!r} matches no arm of this study; its arms are: "
                 f"{', '.join(names)} (glob patterns such as 'iql-pendulum-*' work)."
             )
+    return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
 
 
 def matching_arms(study: Study, patterns: Sequence[str]) -> list[str]:
     """The arms matching any of the glob ``patterns``, with the baselines they are compared
     with, in the study's order; a pattern that matches nothing is an error naming the arms."""
     names = list(study.arms)
-    _check_arm_patterns(names, patterns)
-    chosen = {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+    chosen = _arms_matching(names, patterns)
     chosen |= {b for n in chosen if (b := study.baseline_of(n)) is not None}
     return [n for n in names if n in chosen]
 
@@ -117,7 +118,7 @@ def subset(runs: Sequence[Run], arms: Sequence[str] = (), seeds: Sequence[int] =
     is in ``seeds`` (all if empty), in plan order: a researcher with a few cores finishes the
     arms that answer the question first at every seed, then widens. A pattern or seed that
     selects nothing is an error naming what exists, not a silent empty run."""
-    _check_arm_patterns(list(dict.fromkeys(r.arm for r in runs)), arms)
+    chosen = _arms_matching(list(dict.fromkeys(r.arm for r in runs)), arms)
     known_seeds = sorted({r.seed for r in runs})
     unknown = sorted(set(seeds) - set(known_seeds))
     if unknown:
@@ -125,12 +126,7 @@ def subset(runs: Sequence[Run], arms: Sequence[str] = (), seeds: Sequence[int] =
             f"--seeds {unknown} are not in the study's seed list {known_seeds}; add them to "
             "'seeds:' in the study file to run them."
         )
-    return [
-        r
-        for r in runs
-        if (not arms or any(fnmatch.fnmatchcase(r.arm, p) for p in arms))
-        and (not seeds or r.seed in seeds)
-    ]
+    return [r for r in runs if (not arms or r.arm in chosen) and (not seeds or r.seed in seeds)]
 
 
 def atomic_write_json(data: dict[str, Any], path: Path) -> None:
