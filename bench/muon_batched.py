@@ -15,12 +15,18 @@ wins) and ``muon/per-matrix`` (``Muon(batched=False)``: one Newton-Schulz per ma
 ``torch.optim.Muon``), all on the same batch.
 
 The arithmetic model. Newton-Schulz does ``5 x (4 m^2 n + 2 m^3)`` FLOPs on an ``m x n``
-matrix (m <= n); ``NS GFLOP`` sums that over Muon's matrices. At this machine's matrix-product
-rate for that work (``GEMM GFLOP/s``: the batched Gram product ``x @ x^T`` of the same stacks of
-matrices, timed in the same run), Muon should cost ``t_adam + FLOPs / rate``: ``model`` is
-that over ``t_adam``, and ``meas/model`` is the measured Muon/Adam over it (1.0: Muon costs
-exactly its arithmetic; target on CPU <= 1.1). ``FLOP ratio`` is the update's FLOPs with
-Newton-Schulz over those without (torch's per-op FLOP formulas): how much arithmetic Muon adds.
+matrix (m <= n); ``NS GFLOP`` sums that over Muon's matrices. Two more cases run in the same
+interleaved rounds as the updates, so that the model sees the same machine load:
+``ns-products``, exactly Newton-Schulz's matrix products on stacks of Muon's shapes and nothing
+else (the machine's matrix-product rate for that work: ``GEMM GFLOP/s``), and ``ns-alone``, the
+real Newton-Schulz of those stacks outside any update. Muon should cost ``t_adam +
+t_products``: ``model`` is that over ``t_adam`` (the per-round median), and ``meas/model`` is
+the measured Muon/Adam over it (1.0: Muon costs exactly its arithmetic; target on CPU <= 1.1).
+``NS alone`` over ``model`` splits the gap: Newton-Schulz's own element-wise work (the
+normalisation, ``addmm``'s scaled copies) against what the update around it adds (momentum,
+the learning-rate step, caches the forward and backward passes left cold). ``FLOP ratio`` is
+the update's FLOPs with Newton-Schulz over those without (torch's per-op FLOP formulas): how
+much arithmetic Muon adds.
 
     OMP_NUM_THREADS=1 .venv/tdmpc2/bin/python bench/muon_batched.py            # CPU, all
     .venv/tdmpc2/bin/python bench/muon_batched.py --quick                      # a few minutes
@@ -48,7 +54,7 @@ sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
 from flatrl.optim import Muon, build_optimizer  # noqa: E402
-from flatrl.optim.muon import newton_schulz_flops  # noqa: E402
+from flatrl.optim.muon import _orthogonalise, newton_schulz_flops  # noqa: E402
 
 WORKLOADS = ("mlp", "sac", "tdmpc2")
 CASES = ("adam", "muon", "muon/per-matrix")
@@ -188,24 +194,65 @@ def muon_shapes(muon: Muon) -> list[tuple[int, ...]]:
     return [tuple(p.shape) for g in muon.param_groups for p in g["params"]]
 
 
-def gemm_rate(members: int, rows: int, cols: int, device: str, seconds: float = 0.2) -> float:
-    """FLOP/s of the batched Gram product ``x @ x^T`` of a ``(members, m, n)`` stack (m <= n),
-    the product Newton-Schulz repeats, in Muon's Newton-Schulz dtype for the device: the
-    machine's matrix-product rate for exactly that work, with nothing of Muon around it."""
-    m, n = min(rows, cols), max(rows, cols)
+#: glibc ``mallopt`` parameters: keep freed memory in the heap instead of giving it back.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_heap() -> bool:
+    """Make glibc keep freed memory in this process (no trimming, no mmap under 32 MiB).
+
+    Why: in a bench process that builds several workloads, glibc hands the heap's freed top
+    back to the kernel between updates, so each update re-faults up to ~1 MB of pages: 250-500
+    minor page faults and 0.5-1.4 ms of kernel time per update of the MLP, depending on what
+    the process allocated before (measured with ``getrusage``). Training processes do not see
+    this (the SAC agent and the offline world model: <0.1% kernel time while running), so
+    timing with it would charge the update for an artefact of the bench. Speed only: no result
+    changes. Returns whether it applied (False off glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30) and mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+
+
+def ns_buckets(muon: Muon) -> dict[tuple[int, int], int]:
+    """Muon's matrices as Newton-Schulz sees them: ``(m, n)`` (m <= n) -> how many matrices."""
+    buckets: dict[tuple[int, int], int] = {}
+    for s in muon_shapes(muon):
+        key = (min(s[-2:]), max(s[-2:]))
+        buckets[key] = buckets.get(key, 0) + (s[0] if len(s) == 3 else 1)
+    return buckets
+
+
+def ns_reference_cases(muon: Muon, device: str) -> dict[str, Callable[[], None]]:
+    """The model's two cases for one Muon: ``ns-products`` (Newton-Schulz's matrix products and
+    nothing else) and ``ns-alone`` (the real iteration, outside any update), on random stacks
+    of Muon's shapes in its Newton-Schulz dtype for the device."""
+    group = muon.param_groups[0]
+    steps, coefficients, eps = group["ns_steps"], group["ns_coefficients"], group["eps"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    x = torch.randn(members, m, n, device=device).to(dtype)
-    clock = _clock(device)
-    torch.bmm(x, x.mT)
-    reps = 1
-    while True:
-        start = clock()
-        for _ in range(reps):
-            torch.bmm(x, x.mT)
-        elapsed = clock() - start
-        if elapsed >= seconds:
-            return reps * members * 2 * m * m * n / elapsed
-        reps *= 2
+    stacks = [
+        torch.randn(members, m, n, device=device).to(dtype)
+        for (m, n), members in ns_buckets(muon).items()
+    ]
+
+    def products() -> None:
+        for x in stacks:
+            for _ in range(steps):
+                gram = torch.bmm(x, x.mT)
+                torch.bmm(torch.bmm(gram, gram), x)
+
+    def alone() -> None:  # batched or one at a time, as Muon decides for the shape
+        for x in stacks:
+            batched = len(x) > 1 and muon._batches(x)
+            _orthogonalise(list(x), coefficients, steps, eps, dtype, batched)
+
+    return {"ns-products": products, "ns-alone": alone}
 
 
 def update_flops(fn: Callable[[], Any], calls: int = 1) -> float:
@@ -251,23 +298,14 @@ def measure(
         wl = build()
         # a TD-MPC2 update is ~50x an MLP update: fewer per round keeps the rounds comparable
         n = max(2, per_round // 4) if wl.name.startswith("TD-MPC2") else per_round
-        med, ratio = interleaved(wl.updates, rounds, n, device)
-        shapes = muon_shapes(wl.muon)
+        cases = {**wl.updates, **ns_reference_cases(wl.muon, device)}
+        med, ratio = interleaved(cases, rounds, n, device)
         steps = wl.muon.param_groups[0]["ns_steps"]
+        shapes = muon_shapes(wl.muon)
         ns_flops = sum(newton_schulz_flops(s, steps) for s in shapes)
-        # seconds Newton-Schulz's FLOPs take at the matrix-product rate of each bucket (the
-        # matrices of one member shape, stacked as Muon stacks them)
-        buckets: dict[tuple[int, int], int] = {}
-        for s in shapes:
-            key = (min(s[-2:]), max(s[-2:]))
-            buckets[key] = buckets.get(key, 0) + (s[0] if len(s) == 3 else 1)
-        model_s = 0.0
-        for (m, n), members in buckets.items():
-            rate = gemm_rate(members, m, n, device)
-            model_s += newton_schulz_flops((members, m, n), steps) / rate
+        model = 1 + ratio["ns-products"]
         adam_flops = update_flops(wl.updates["adam"])
         muon_flops = update_flops(wl.updates["muon"])
-        model = (med["adam"] + model_s) / med["adam"]
         members = sum(s[0] if len(s) == 3 else 1 for s in shapes)
         rows.append(
             {
@@ -278,8 +316,9 @@ def measure(
                 "ratio": ratio["muon"],
                 "ratio_per_matrix": ratio["muon/per-matrix"],
                 "ns_gflop": ns_flops / 1e9,
-                "gemm_gflops": ns_flops / model_s / 1e9 if model_s else float("nan"),
+                "gemm_gflops": ns_flops / med["ns-products"] / 1e9,
                 "model": model,
+                "ns_alone_over_model": (1 + ratio["ns-alone"]) / model,
                 "measured_over_model": ratio["muon"] / model,
                 "flop_ratio": muon_flops / adam_flops if adam_flops else float("nan"),
             }
@@ -291,15 +330,16 @@ def measure(
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| workload | Muon matrices (stacked) | ms Adam | ms Muon | Muon/Adam | per-matrix NS | "
-        "NS GFLOP | GEMM GFLOP/s | model | meas/model | FLOP ratio |"
+        "NS GFLOP | GEMM GFLOP/s | model | meas/model | NS alone/model | FLOP ratio |"
     )
-    out = [head, "|---" * 11 + "|"]
+    out = [head, "|---" * 12 + "|"]
     for r in rows:
         out.append(
             f"| {r['workload']} | {r['matrices']} ({r['stacked']}) | {r['ms']['adam']:.2f} | "
             f"{r['ms']['muon']:.2f} | {r['ratio']:.2f}x | {r['ratio_per_matrix']:.2f}x | "
             f"{r['ns_gflop']:.3f} | {r['gemm_gflops']:.1f} | {r['model']:.2f}x | "
-            f"{r['measured_over_model']:.2f} | {r['flop_ratio']:.2f}x |"
+            f"{r['measured_over_model']:.2f} | {r['ns_alone_over_model']:.2f} | "
+            f"{r['flop_ratio']:.2f}x |"
         )
     return "\n".join(out)
 
@@ -324,12 +364,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    heap_kept = keep_freed_heap()
     cwd = os.getcwd()
     rows = measure(args.workloads, args.device, args.rounds, args.updates, args.sizes)
     os.chdir(cwd)
     print(
         f"\nMuon vs Adam per update ({args.device}, {args.threads} thread(s), torch "
-        f"{torch.__version__}; median of {args.rounds} interleaved rounds x {args.updates})\n"
+        f"{torch.__version__}; median of {args.rounds} interleaved rounds x {args.updates}; "
+        f"freed heap {'kept' if heap_kept else 'given back (not glibc)'})\n"
     )
     print(table(rows))
     if args.device == "cpu":
