@@ -74,3 +74,22 @@ def test_defaults_validate_and_cheetah_is_muon_on_both() -> None:
 def test_unknown_key_is_rejected_by_hydra() -> None:
     with pytest.raises(Exception, match="training.actor_optimizer.momentum"):
         compose_config("training.actor_optimizer.momentum=0.9")
+
+
+def test_adamw_without_weight_decay_is_flagged_as_adam() -> None:
+    flagged = validate(
+        compose_config("training.critic_optimizer.case=adamw", "training.actor_optimizer.case=adam")
+    ).advisories()
+    assert len(flagged) == 1
+    assert (
+        "training.critic_optimizer: case=adamw with weight_decay=0 is Adam's update" in flagged[0]
+    )
+    assert "training.critic_optimizer.weight_decay" in flagged[0]
+    decayed = validate(
+        compose_config(
+            "training.critic_optimizer.case=adamw",
+            "training.critic_optimizer.weight_decay=0.01",
+            "training.actor_optimizer.case=muon",
+        )
+    ).advisories()
+    assert decayed == []

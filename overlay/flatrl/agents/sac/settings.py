@@ -300,6 +300,23 @@ class Settings:
     def __post_init__(self) -> None:
         self.validate()
 
+    def advisories(self) -> list[str]:
+        """Settings that are valid but probably not what was meant, each with its fix.
+
+        Why: ``case: adamw`` with the default ``weight_decay: 0`` is Adam's update exactly, so
+        an "AdamW" arm silently duplicates an Adam arm (it did in our first SAC/Muon study).
+        """
+        notes = []
+        for key in ("actor_optimizer", "critic_optimizer"):
+            opt: OptimizerSettings = getattr(self.training, key)
+            if opt.case == "adamw" and opt.weight_decay == 0:
+                notes.append(
+                    f"training.{key}: case=adamw with weight_decay=0 is Adam's update exactly; "
+                    f"set training.{key}.weight_decay (torch's AdamW default is 0.01) for "
+                    "AdamW, or case=adam to say Adam."
+                )
+        return notes
+
     def validate(self) -> None:
         """Every semantic check, each naming its key; types were checked by OmegaConf."""
         s, t, r = self, self.training, self.training.rank_logging

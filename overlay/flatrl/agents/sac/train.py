@@ -43,6 +43,8 @@ def train(config: Mapping[str, Any]) -> dict[str, float]:
     from flatrl.agents.sac.trainer import Trainer
 
     settings = validate(config)
+    for note in settings.advisories():
+        log.warning(note)
     paths = resolve_paths(settings)
     log.info("run directory %s (replay buffer under %s)", paths.run_dir, paths.replay_root)
     return Trainer(settings, config, paths).run()
