@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -51,6 +52,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,21 +69,59 @@ EVAL_METRIC = "eval_return"
 
 
 @dataclasses.dataclass(frozen=True)
+class BehaviourSpec:
+    """A briefly trained d3rlpy SAC as the behaviour policy of a task with no scripted controller.
+
+    Online ``fit_online`` on CPU with one torch thread: uniform random actions for
+    ``random_steps`` (no updates yet), then one gradient step per environment step. Every field
+    is part of the dataset's cache key, so changing how the behaviour policy is trained never
+    reuses a stale dataset.
+    """
+
+    steps: int  # environment steps of online training, random warm-up included
+    random_steps: int  # uniformly random warm-up steps (no gradient steps before they end)
+    hidden: int  # units of the 2 hidden layers of actor and critics
+    batch_size: int
+    learning_rate: float = 3e-4  # actor, critic and temperature (d3rlpy's SAC defaults)
+    gamma: float = 0.99
+    tau: float = 0.005
+    initial_temperature: float = 1.0
+    keep_replay: bool = True  # the training replay's finished episodes join the dataset
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """Everything that determines a dataset's content (and so its cache key)."""
 
     name: str
     env_id: str
-    episodes: int
+    episodes: int  # noisy rollouts of the behaviour policy
     noise: float  # Gaussian action noise, as a fraction of the action bound
     random_prob: float  # share of uniformly random actions
     max_action: float
+    # fields added after generator 1 enter the cache key only when set (see dataset_key)
+    behaviour: BehaviourSpec | None = None  # None: a scripted controller (CONTROLLERS)
+    max_episode_steps: int | None = None  # None: the environment's own time limit
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "pendulum": DatasetSpec("pendulum", "Pendulum-v1", 40, 0.15, 0.1, 2.0),
     "lunarlander": DatasetSpec("lunarlander", "LunarLanderContinuous-v3", 30, 0.3, 0.1, 1.0),
+    "halfcheetah": DatasetSpec(
+        "halfcheetah",
+        "HalfCheetah-v5",
+        25,
+        0.2,
+        0.1,
+        1.0,
+        behaviour=BehaviourSpec(steps=25_000, random_steps=5_000, hidden=128, batch_size=256),
+    ),
 }
+MISSING_MUJOCO_FIX = "pip install -c requirements/constraints.txt -r requirements/d3rlpy.txt"
+
+
+class MissingDependencyError(RuntimeError):
+    """A dataset's environment needs a package this interpreter lacks."""
 
 
 # -- the scripted controllers ---------------------------------------------------------------------
@@ -108,39 +148,84 @@ CONTROLLERS: dict[str, Callable[[np.ndarray, Any], Any]] = {
 }
 
 
+def needs_mujoco(spec: DatasetSpec) -> bool:
+    """Whether gymnasium registers the task as a MuJoCo environment."""
+    import gymnasium as gym
+
+    return str(gym.spec(spec.env_id).entry_point).startswith("gymnasium.envs.mujoco")
+
+
+def require_env_deps(spec: DatasetSpec) -> dict[str, str]:
+    """The versions of the task's simulator packages (for the cache key), or one clear error."""
+    if not needs_mujoco(spec):
+        return {}
+    try:
+        import mujoco
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"--dataset {spec.name} ({spec.env_id}) needs the mujoco package, which this "
+            f"interpreter ({sys.executable}) lacks ({error}); install the d3rlpy environment's "
+            f"lock: {MISSING_MUJOCO_FIX}"
+        ) from None
+    # mujoco's default warning handler writes MUJOCO_LOG.TXT into the working directory (a run's
+    # cwd, the repository): its warnings go through Python's warnings module instead
+    mujoco.set_mju_user_warning(lambda msg: warnings.warn(f"MuJoCo: {msg}", stacklevel=2))
+    return {"mujoco": mujoco.__version__}
+
+
 def make_env(spec: DatasetSpec) -> Any:
     import gymnasium as gym
 
-    return gym.make(spec.env_id)
+    require_env_deps(spec)
+    if spec.max_episode_steps is None:
+        return gym.make(spec.env_id)
+    return gym.make(spec.env_id, max_episode_steps=spec.max_episode_steps)
 
 
 # -- the dataset and its cache --------------------------------------------------------------------
 def dataset_key(spec: DatasetSpec, seed: int) -> str:
-    """A content hash: the same key means the same transitions."""
+    """A content hash: the same key means the same transitions (on the same software).
+
+    The fields added after generator 1 (``behaviour``, ``max_episode_steps``) enter the hash only
+    when set, so the scripted datasets keep the keys their committed study results name. A
+    trained behaviour policy also depends on torch and d3rlpy, a MuJoCo task on mujoco: their
+    versions are hashed for those datasets only.
+    """
     import gymnasium
 
-    blob = json.dumps(
-        {
-            "generator": GENERATOR_VERSION,
-            "spec": dataclasses.asdict(spec),
-            "seed": seed,
-            "gymnasium": gymnasium.__version__,
-            "numpy": np.__version__.split(".")[0],
-        },
-        sort_keys=True,
-    )
+    fields = dataclasses.asdict(spec)
+    for name in ("behaviour", "max_episode_steps"):
+        if fields[name] is None:
+            del fields[name]
+    payload: dict[str, Any] = {
+        "generator": GENERATOR_VERSION,
+        "spec": fields,
+        "seed": seed,
+        "gymnasium": gymnasium.__version__,
+        "numpy": np.__version__.split(".")[0],
+        **require_env_deps(spec),
+    }
+    if spec.behaviour is not None:
+        payload["torch"] = importlib.metadata.version("torch")
+        payload["d3rlpy"] = importlib.metadata.version("d3rlpy")
+    blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def collect(spec: DatasetSpec, seed: int) -> dict[str, np.ndarray]:
-    """Roll out the noisy controller for ``spec.episodes`` episodes; arrays for an MDPDataset."""
+Episode = dict[str, Any]  # obs, act, rew, term, trunc: one entry per step; ret: the return
+
+
+def rollouts(
+    spec: DatasetSpec, seed: int, controller: Callable[[np.ndarray, Any], Any]
+) -> list[Episode]:
+    """``spec.episodes`` episodes of the controller with Gaussian noise and random actions."""
     env = make_env(spec)
     rng = np.random.default_rng(seed)
-    controller = CONTROLLERS[spec.name]
     act_dim = env.action_space.shape[0]
-    out: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "ret")}
+    episodes: list[Episode] = []
     for episode in range(spec.episodes):
         obs, _ = env.reset(seed=seed * 100_000 + episode)
+        ep: Episode = {"obs": [], "act": [], "rew": [], "term": [], "trunc": []}
         total, done = 0.0, False
         while not done:
             if rng.random() < spec.random_prob:
@@ -150,16 +235,119 @@ def collect(spec: DatasetSpec, seed: int) -> dict[str, np.ndarray]:
                 action = base + rng.normal(0.0, spec.noise * spec.max_action, size=act_dim)
             action = np.clip(action, -spec.max_action, spec.max_action).astype(np.float32)
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            out["obs"].append(np.asarray(obs, dtype=np.float32))
-            out["act"].append(action)
-            out["rew"].append(float(reward))
-            out["term"].append(float(terminated))
-            out["trunc"].append(float(truncated))
+            ep["obs"].append(np.asarray(obs, dtype=np.float32))
+            ep["act"].append(action)
+            ep["rew"].append(float(reward))
+            ep["term"].append(float(terminated))
+            ep["trunc"].append(float(truncated))
             total += float(reward)
             obs, done = next_obs, terminated or truncated
-        out["ret"].append(total)
+        episodes.append({**ep, "ret": total})
     env.close()
-    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+    return episodes
+
+
+def train_behaviour(spec: DatasetSpec, seed: int) -> tuple[Any, list[Episode]]:
+    """Train ``spec.behaviour``'s SAC online; the trained algorithm and its replay's episodes.
+
+    Seeded throughout (d3rlpy.seed, the environment's first reset, which seeds the later ones,
+    and its action space for the random warm-up), on one torch thread: the same spec and seed
+    give the same policy on the same software. The replay's last episode is dropped when the
+    training ended inside it (it has no return to report).
+    """
+    assert spec.behaviour is not None
+    b = spec.behaviour
+    d3rlpy = _import_d3rlpy()
+    import gymnasium as gym
+    import torch
+    from d3rlpy.models import VectorEncoderFactory
+
+    torch.set_num_threads(1)
+    d3rlpy.seed(seed)
+    env = gym.wrappers.RecordEpisodeStatistics(make_env(spec))
+    env.reset(seed=seed * 100_000 + 90_000)  # apart from the rollouts' reset seeds
+    env.action_space.seed(seed)
+    encoder = VectorEncoderFactory(hidden_units=[b.hidden, b.hidden])
+    sac = d3rlpy.algos.SACConfig(
+        batch_size=b.batch_size,
+        actor_learning_rate=b.learning_rate,
+        critic_learning_rate=b.learning_rate,
+        temp_learning_rate=b.learning_rate,
+        gamma=b.gamma,
+        tau=b.tau,
+        initial_temperature=b.initial_temperature,
+        actor_encoder_factory=encoder,
+        critic_encoder_factory=encoder,
+    ).create(device="cpu:0")
+    buffer = d3rlpy.dataset.create_fifo_replay_buffer(limit=b.steps, env=env)
+    sac.fit_online(
+        env,
+        buffer=buffer,
+        n_steps=b.steps,
+        n_steps_per_epoch=b.steps,
+        random_steps=b.random_steps,
+        update_start_step=b.random_steps,
+        save_interval=10**9,
+        experiment_name=f"behaviour-{spec.name}",
+        with_timestamp=False,
+        logger_adapter=d3rlpy.logging.NoopAdapterFactory(),
+        show_progress=False,
+    )
+    finished = list(buffer.episodes)[: env.episode_count]
+    env.close()
+    replay = []
+    for ep in finished:
+        rew = np.asarray(ep.rewards, dtype=np.float64).reshape(-1)
+        last = np.zeros_like(rew)
+        last[-1] = 1.0
+        term, trunc = (last, 0.0 * last) if ep.terminated else (0.0 * last, last)
+        replay.append(
+            {
+                "obs": np.asarray(ep.observations, dtype=np.float32),
+                "act": np.asarray(ep.actions, dtype=np.float32),
+                "rew": rew,
+                "term": term,
+                "trunc": trunc,
+                "ret": float(rew.sum()),
+            }
+        )
+    return sac, replay
+
+
+def policy_controller(algo: Any) -> Callable[[np.ndarray, Any], np.ndarray]:
+    """A trained d3rlpy algorithm's greedy action as a controller for ``rollouts``."""
+
+    def act(obs: np.ndarray, env: Any = None) -> np.ndarray:
+        return algo.predict(np.asarray(obs, dtype=np.float32)[None])[0]
+
+    return act
+
+
+def collect(spec: DatasetSpec, seed: int) -> dict[str, np.ndarray]:
+    """The dataset's arrays for an MDPDataset, plus ``ret`` (each episode's return).
+
+    Scripted tasks: noisy rollouts of the controller. A task with a ``behaviour`` spec: the
+    trained SAC's replay episodes (if kept) first, then noisy rollouts of the final policy;
+    ``from_replay`` marks each episode's source.
+    """
+    replay: list[Episode] = []
+    if spec.behaviour is None:
+        controller = CONTROLLERS[spec.name]
+    else:
+        sac, replay = train_behaviour(spec, seed)
+        controller = policy_controller(sac)
+        if not spec.behaviour.keep_replay:
+            replay = []
+    episodes = replay + rollouts(spec, seed, controller)
+    out: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "rew", "term", "trunc")}
+    for ep in episodes:
+        for key, values in out.items():
+            values.extend(ep[key])
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+    arrays["ret"] = np.asarray([ep["ret"] for ep in episodes], dtype=np.float32)
+    if spec.behaviour is not None:
+        arrays["from_replay"] = np.asarray([i < len(replay) for i in range(len(episodes))])
+    return arrays
 
 
 def load_or_collect(
@@ -283,6 +471,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(
             f"--eval-every {args.eval_every} > --steps {args.steps}: nothing would be evaluated"
         )
+    try:
+        require_env_deps(DATASETS[args.dataset])
+    except MissingDependencyError as error:
+        p.error(str(error))
     if args.optimizer == "adam":
         if args.rho is not None or args.adaptive:
             p.error("--rho/--adaptive apply to --optimizer sam; drop them or add --optimizer sam")
@@ -318,11 +510,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = DATASETS[args.dataset]
     if args.episodes is not None:
         spec = dataclasses.replace(spec, episodes=args.episodes)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     cache_dir = args.cache_dir or default_cache_dir()
     arrays, cache_path, hit = load_or_collect(spec, args.dataset_seed, cache_dir)
     dataset = to_mdp_dataset(arrays)
-    data_seconds = time.perf_counter() - t0
+    data_seconds, data_cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
 
     config = make_config(args.algo, spec, args.batch_size, args.hidden)
     if args.optimizer == "sam":
@@ -355,9 +547,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.dataset_seed,
             "transitions": int(len(arrays["rew"])),
             "behaviour_return_mean": float(arrays["ret"].mean()),
+            "behaviour_return_min": float(arrays["ret"].min()),
+            "behaviour_return_max": float(arrays["ret"].max()),
+            "episodes_total": int(len(arrays["ret"])),
             "cache": str(cache_path),
             "cache_hit": hit,
             "seconds": round(data_seconds, 2),
+            "cpu_seconds": round(data_cpu_seconds, 2),
         },
         "train_seconds": round(train_seconds, 2),
         "command": " ".join([sys.executable, *sys.argv]),
