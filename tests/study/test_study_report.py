@@ -7,7 +7,7 @@ import pytest
 from flatrl.study.metrics import Series, read_d3rlpy_csv, read_tensorboard
 from flatrl.study.report import aggregate, collect, curve_band, final_score, write_report
 from flatrl.study.runner import plan, run_local
-from flatrl.study.spec import ReportSettings
+from flatrl.study.spec import ReportSettings, StudyError
 from study_support import make_study
 
 
@@ -137,6 +137,16 @@ def test_d3rlpy_csv_reader(tmp_path):
     path.write_text("1,1000,10.5\n2,2000,nan\n3,3000,30.0\n")
     series = read_d3rlpy_csv(path)
     assert series.steps.tolist() == [1000.0, 3000.0] and series.values.tolist() == [10.5, 30.0]
+
+
+def test_d3rlpy_csv_written_by_two_processes_is_an_error_naming_the_fix(tmp_path):
+    """Two launches of one run interleave their epochs in the same file (as found in a study
+    run by two runners); keeping the last value per step would report a mix of both runs."""
+    path = tmp_path / "seed_2" / "eval_return.csv"
+    path.parent.mkdir()
+    path.write_text("1,1000,-90\n3,3000,-70\n2,2000,-80\n4,4000,-60\n3,3000,-75\n")
+    with pytest.raises(StudyError, match=r"step 2000 is logged after step 3000.*Delete the run"):
+        read_d3rlpy_csv(path)
 
 
 def test_tensorboard_reader_merges_files_of_a_resumed_run(tmp_path):

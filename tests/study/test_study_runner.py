@@ -286,3 +286,38 @@ def test_report_arms_bring_their_baselines(tmp_path):
     assert matching_arms(study, ["worse", "better"]) == ["base", "better", "worse"]
     with pytest.raises(StudyError, match="'none' matches no arm"):
         matching_arms(study, ["none"])
+
+
+def test_two_runners_of_one_study_launch_each_run_once(tmp_path):
+    """Two ``run`` calls on one study (two terminals, or a second pool started to use another
+    core) plan the same pending runs; each run must still be launched exactly once: a second
+    launch in the same directory deletes or interleaves the first one's logs."""
+    import threading
+
+    study = make_study(seeds=[0, 1, 2])
+    outcomes: list[list] = [[], []]
+
+    def pool(i: int) -> None:
+        outcomes[i] = run_local(plan(study, tmp_path), workers=1, progress=False, echo=str)
+
+    threads = [threading.Thread(target=pool, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    runs = plan(study, tmp_path)
+    assert [len(invocations(run.run_dir)) for run in runs] == [1] * len(runs)
+    assert all(run_state(run) == FINISHED for run in runs)
+    states = sorted(o.state for pool_outcomes in outcomes for o in pool_outcomes)
+    assert states.count(FINISHED) == len(runs)
+    assert states.count(runner.SKIPPED) == len(runs)
+
+
+def test_a_claimed_run_is_skipped_not_launched(tmp_path):
+    run = plan(make_study(), tmp_path)[0]
+    with runner.claimed(run) as mine:
+        assert mine
+        outcome = runner.execute(run)
+    assert outcome.state == runner.SKIPPED and "another runner" in outcome.message
+    assert invocations(run.run_dir) == [] and run_state(run) == PENDING
+    assert runner.execute(run).state == FINISHED  # the claim went with its holder

@@ -21,6 +21,7 @@ from flatrl.study.runner import (
     INTERRUPTED,
     PENDING,
     RUNNING,
+    SKIPPED,
     STATUS,
     matching_arms,
     plan,
@@ -205,7 +206,12 @@ def cmd_run(study: Study, args: argparse.Namespace) -> int:
         outcomes = wait_slurm(submitted, progress=args.progress)
     finished = sum(o.state == FINISHED for o in outcomes)
     failed = [o for o in outcomes if o.state == FAILED]
-    print(f"\nthis call: {finished} finished, {len(failed)} failed; runs under {study_dir}/")
+    skipped = sum(o.state == SKIPPED for o in outcomes)
+    print(
+        f"\nthis call: {finished} finished, {len(failed)} failed"
+        + (f", {skipped} skipped (another runner had them)" if skipped else "")
+        + f"; runs under {study_dir}/"
+    )
     for o in failed:
         print(f"  failed: {o.run.key} (rc {o.returncode}) log: {o.log or o.message}")
     print(f"status: {_study_cmd('status', args)}")

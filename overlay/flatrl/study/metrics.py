@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flatrl.study.spec import StudyError
+
 
 @dataclass(frozen=True)
 class Series:
@@ -67,7 +69,13 @@ def read_csv_column(path: Path, column: str, step_column: str = "step") -> Serie
 
 
 def read_d3rlpy_csv(path: Path) -> Series | None:
-    """d3rlpy's FileAdapter: one header-less ``epoch,step,value`` CSV per metric."""
+    """d3rlpy's FileAdapter: one header-less ``epoch,step,value`` CSV per metric.
+
+    d3rlpy appends one row per epoch and its runs do not resume (the study script starts a run
+    over in a clean directory), so the steps of a sound file only ever increase. A step that
+    goes back means two processes wrote the file (two runners launched the same run); its
+    values are a mix of both, so it is an error, not something to average.
+    """
     if not path.is_file():
         return None
     pairs = []
@@ -76,6 +84,14 @@ def read_d3rlpy_csv(path: Path) -> Series | None:
             if len(row) >= 3 and (step := _float(row[1])) is not None:
                 if (value := _float(row[2])) is not None:
                     pairs.append((step, value))
+    for (before, _), (after, _) in zip(pairs, pairs[1:], strict=False):
+        if after <= before:
+            raise StudyError(
+                f"{path}: step {after:g} is logged after step {before:g}, so two processes "
+                "wrote this run's logs and its values are a mix of both. Delete the run's "
+                "directory (the seed_<n> folder holding this file) and run the study again: "
+                "that run alone is redone."
+            )
     return _series(pairs, str(path))
 
 

@@ -6,6 +6,11 @@ Each run's directory holds the runner's bookkeeping next to the entry point's ow
 ``status.json``  the latest attempt: state (running / interrupted / failed / finished), return
                  code, argv, host and pid, and for a failure the tail of the log
 ``done.json``    written atomically after a successful exit: the marker that the run is finished
+``.claim``       an empty file the executing runner holds an exclusive ``flock`` on while the
+                 run's process lives: a second ``run`` of the same study (another terminal, a
+                 second worker pool) skips a claimed run instead of starting it again in the
+                 same directory. The kernel drops the lock when its holder dies, so a killed
+                 runner leaves no stale claim.
 
 A finished run is skipped; an interrupted one (the runner was stopped, the job preempted, or the
 machine died while it ran) is re-launched with the entry point's resume flag; a failed one is
@@ -14,6 +19,8 @@ recorded and does not stop the others (``--retry-failed`` runs it again).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import json
 import os
@@ -22,7 +29,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +41,7 @@ from flatrl.study.spec import Study, StudyError
 LOG = "run.log"
 STATUS = "status.json"
 DONE = "done.json"
+CLAIM = ".claim"
 LOG_TAIL_LINES = 20
 
 PENDING, RUNNING, INTERRUPTED, FAILED, FINISHED = (
@@ -43,6 +51,9 @@ PENDING, RUNNING, INTERRUPTED, FAILED, FINISHED = (
     "failed",
     "finished",
 )
+# an outcome only, never a run's state: another runner had claimed the run (or finished it)
+# between this runner's plan and the moment it came to launch it
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -219,13 +230,49 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+@contextlib.contextmanager
+def claimed(run: Run) -> Iterator[bool]:
+    """Hold the run's claim (an exclusive, non-blocking ``flock``) for the block; yields False
+    when another process holds it.
+
+    Two runners of one study plan the same pending runs; without a claim both launch each of
+    them, and the second process deletes or appends to the first one's logs in the shared run
+    directory (it happened: interleaved d3rlpy CSVs, a run finished with 3 of 5 evaluations).
+    A file system without ``flock`` (some network mounts) yields True: one runner per study
+    there, as before.
+    """
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.run_dir / CLAIM, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # no flock on this file system
+            pass
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
 def execute(run: Run, resume: bool | None = None) -> Outcome:
     """Launch ``run`` once and record how it ended; never raises for a failing run.
 
+    The run is claimed first and its state read again under the claim: a run that another
+    runner is executing, or has finished since this runner planned, is skipped.
     ``resume=None`` decides from the files: a run with an earlier attempt is re-launched with
     the entry point's resume flag when the entry point can continue from what it left.
     """
-    run.run_dir.mkdir(parents=True, exist_ok=True)
+    with claimed(run) as mine:
+        state = run_state(run) if mine else RUNNING
+        if state in (RUNNING, FINISHED):
+            why = "finished by another runner" if state == FINISHED else "running in another runner"
+            return Outcome(run, SKIPPED, message=why)
+        return _execute_claimed(run, resume)
+
+
+def _execute_claimed(run: Run, resume: bool | None) -> Outcome:
     previous = read_json(run.run_dir / STATUS)
     if resume is None:
         resume = previous is not None and run.entry_point.can_resume(run.run_dir)
@@ -311,6 +358,8 @@ def _progress(total: int, enabled: bool) -> Any:
 
 def _line(outcome: Outcome) -> str:
     what = f"{outcome.run.key:<24} {outcome.state}"
+    if outcome.state == SKIPPED:
+        return f"{what}: {outcome.message}"
     if outcome.state == FINISHED:
         return f"{what} in {outcome.seconds:.1f} s" + (" (resumed)" if outcome.resumed else "")
     return f"{what} (rc {outcome.returncode}); log: {outcome.log}"
