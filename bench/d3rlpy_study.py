@@ -6,17 +6,32 @@ The ``d3rlpy`` entry point of ``python -m flatrl.study`` starts this script once
 1. builds the offline dataset, or loads it from the cache (``--cache-dir``, default
    ``$FLATRL_CACHE/datasets`` = ``~/.cache/flatrl/datasets``), keyed by a hash of everything
    that determines its content (generator version, environment, episodes, noise, seed, gymnasium
-   version). Nothing is downloaded: a noisy scripted controller rolls out locally.
+   version; for ``halfcheetah`` also the behaviour training settings and the torch, d3rlpy and
+   mujoco versions). Nothing is downloaded: a noisy scripted controller, or a behaviour policy
+   trained here, rolls out locally.
 
    * ``pendulum``: Pendulum-v1, an energy-pumping swing-up + PD balance with Gaussian noise and
      10% uniform random actions (40 episodes, 8,000 transitions, behaviour return -401:
      good and bad behaviour mixed).
    * ``lunarlander``: LunarLanderContinuous-v3 (Box2D), gymnasium's own landing heuristic with
-     noise and random actions (30 episodes, 11,489 transitions, behaviour return +249). Not a
-     MuJoCo locomotion task: ``.venv/d3rlpy`` has neither ``mujoco`` nor ``gymnasium[mujoco]``
-     (requirements/d3rlpy.txt), Box2D is there; LunarLander is the harder continuous-control
-     task whose scripted expert the environment ships (2-d actions, 8-d state, +-100
-     landing/crash rewards, episodes up to 1000 steps).
+     noise and random actions (30 episodes, 11,489 transitions, behaviour return +249). A
+     second task that is not MuJoCo: the harder continuous-control task whose scripted expert
+     the environment ships (2-d actions, 8-d state, +-100 landing/crash rewards, episodes up to
+     1000 steps); the first d3rlpy-offline-cpu results were measured on it.
+   * ``halfcheetah``: HalfCheetah-v5 (MuJoCo locomotion: 17-d state, 6-d actions, 1000-step
+     episodes that never terminate; needs ``mujoco``, in requirements/d3rlpy.txt). It has no
+     scripted controller, so the behaviour policy is a briefly trained d3rlpy SAC
+     (``BehaviourSpec``: 25,000 online steps, the first 5,000 uniformly random, then one
+     gradient step per step; 2x128 nets, batch 256, one CPU thread). The dataset is the SAC's
+     25 finished training-replay episodes (random warm-up to early running, returns -531 to
+     +689; like D4RL's medium-replay) followed by 25 rollouts of the final policy with 0.2
+     Gaussian noise and 10% random actions (returns +524 to +915, mean +660; a noisy
+     "medium"): 50,000 transitions, behaviour return mean +252. Why this mix: bad, improving
+     and decent behaviour in one buffer is where offline RL must do more than clone the
+     behaviour, and both parts come from one training run. Building it took 342 CPU-seconds
+     (7.8 min wall on the shared 2-core machine), once per cache key. The SAC is weak by
+     MuJoCo standards (D4RL's medium policy scores about 4,800): 25,000 steps is what fits a
+     budget of about 10 CPU-minutes; raise ``BehaviourSpec.steps`` for a stronger one.
 
    The dataset's seed (``--dataset-seed``, default 0) is separate from the training seed: every
    seed of a study trains on the same data, as with a fixed benchmark dataset.
@@ -28,13 +43,17 @@ The ``d3rlpy`` entry point of ``python -m flatrl.study`` starts this script once
    patched d3rlpy's ``*_sharpness`` (SAM only: L(w+e) - L(w)) and ``eval_return.csv`` (the
    study adapter reads ``logs/**/<metric>.csv``), plus ``run.json`` (settings, dataset, timing).
 
-This lives in bench/, not overlay/flatrl/d3rlpy/: it is evidence tooling (gymnasium and Box2D
-environments, scripted controllers, a dataset cache), not library code flatrl's users import.
+This lives in bench/, not overlay/flatrl/d3rlpy/: it is evidence tooling (gymnasium's Box2D and
+MuJoCo environments, scripted controllers, a trained behaviour policy, a dataset cache), not
+library code flatrl's users import.
 Not resumable: d3rlpy's ``fit`` has no resume, so a re-launch deletes the run's own experiment
 directory and starts over (runs are minutes long on CPU).
 
     OMP_NUM_THREADS=1 .venv/d3rlpy/bin/python bench/d3rlpy_study.py --algo iql \
         --dataset pendulum --optimizer sam --rho 0.05 --seed 0 --steps 20000 --log-dir runs/x
+    OMP_NUM_THREADS=1 .venv/d3rlpy/bin/python bench/d3rlpy_study.py --algo td3plusbc \
+        --dataset halfcheetah --seed 0 --steps 1000 --eval-every 1000 --eval-episodes 2 \
+        --hidden 64 --log-dir /tmp/hc-try
 """
 
 from __future__ import annotations

@@ -130,3 +130,144 @@ def test_bad_flags_fail_before_anything_runs(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()
+
+
+# -- the MuJoCo dataset: HalfCheetah-v5 with a briefly trained SAC behaviour policy ---------------
+def _tiny_halfcheetah() -> Any:
+    """The halfcheetah recipe at test size: 250 online SAC steps (100 random) with 8-unit nets,
+    100-step episodes (so the replay holds 2 finished episodes and one it drops), 2 rollouts."""
+    return study.DatasetSpec(
+        "halfcheetah",
+        "HalfCheetah-v5",
+        2,
+        0.2,
+        0.1,
+        1.0,
+        behaviour=study.BehaviourSpec(steps=250, random_steps=100, hidden=8, batch_size=16),
+        max_episode_steps=100,
+    )
+
+
+@pytest.fixture
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def test_halfcheetah_dataset_has_replay_and_rollout_episodes_and_is_reproducible(
+    tmp_path: Path, one_thread: None
+) -> None:
+    pytest.importorskip("mujoco", reason="pip install -c requirements/constraints.txt mujoco")
+    spec = _tiny_halfcheetah()
+    first, path, hit = study.load_or_collect(spec, 0, tmp_path)
+    assert not hit and path.name.startswith("halfcheetah-")
+    # 2 finished replay episodes (the 3rd, cut at step 250, is dropped) + 2 noisy rollouts
+    assert first["obs"].shape == (400, 17) and first["act"].shape == (400, 6)
+    for key in ("obs", "act", "rew", "term", "trunc", "ret"):
+        assert first[key].dtype == np.float32, key
+    assert first["rew"].shape == first["term"].shape == first["trunc"].shape == (400,)
+    assert list(first["from_replay"]) == [True, True, False, False]
+    # HalfCheetah never terminates: every episode ends in a time-limit truncation at step 100
+    assert not first["term"].any()
+    np.testing.assert_array_equal(np.flatnonzero(first["trunc"]), [99, 199, 299, 399])
+    np.testing.assert_allclose(first["ret"], first["rew"].reshape(4, 100).sum(axis=1), rtol=1e-5)
+    assert np.abs(first["act"]).max() <= 1.0
+    # the same key gives the same arrays: the behaviour training and the rollouts are seeded
+    again = study.collect(spec, 0)
+    assert sorted(again) == sorted(first)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key], err_msg=key)
+    assert not np.array_equal(study.collect(spec, 1)["obs"], first["obs"])
+
+
+def test_every_behaviour_and_simulator_setting_is_in_the_halfcheetah_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mujoco = pytest.importorskip("mujoco")
+    import dataclasses
+
+    spec = _tiny_halfcheetah()
+    behaviour = spec.behaviour
+    keys = {study.dataset_key(spec, 0)}
+    changes = {"steps": 300, "random_steps": 50, "hidden": 16, "batch_size": 32}
+    changes |= {"learning_rate": 1e-3, "gamma": 0.98, "tau": 0.01, "initial_temperature": 0.5}
+    changes |= {"keep_replay": False}
+    assert set(changes) == {f.name for f in dataclasses.fields(behaviour)}
+    for name, value in changes.items():
+        changed = dataclasses.replace(
+            spec, behaviour=dataclasses.replace(behaviour, **{name: value})
+        )
+        keys.add(study.dataset_key(changed, 0))
+    keys.add(study.dataset_key(dataclasses.replace(spec, max_episode_steps=200), 0))
+    keys.add(study.dataset_key(dataclasses.replace(spec, episodes=3), 0))
+    keys.add(study.dataset_key(spec, 1))
+    monkeypatch.setattr(mujoco, "__version__", "0.0.1")  # another simulator, another dataset
+    keys.add(study.dataset_key(spec, 0))
+    assert len(keys) == len(changes) + 5
+
+
+def test_scripted_dataset_keys_are_unchanged_by_the_halfcheetah_fields() -> None:
+    """Adding ``behaviour``/``max_episode_steps`` to DatasetSpec must not change the keys of the
+    scripted datasets: the committed d3rlpy-offline-cpu results name their cache files
+    (``run.json``: ``pendulum-83832bf442441936.npz``, ``lunarlander-e84923c654000e8f.npz``), and
+    a new key would silently regenerate data those results were not measured on. The key is
+    recomputed here with generator 1's formula (the spec's original six fields); the hard-coded
+    keys are those of the committed results, made under gymnasium 1.0.0 (the d3rlpy env)."""
+    import hashlib
+
+    import gymnasium
+
+    committed = {"pendulum": "83832bf442441936", "lunarlander": "e84923c654000e8f"}
+    old_fields = ("name", "env_id", "episodes", "noise", "random_prob", "max_action")
+    for name, expected in committed.items():
+        spec = study.DATASETS[name]
+        blob = json.dumps(
+            {
+                "generator": 1,
+                "spec": {f: getattr(spec, f) for f in old_fields},
+                "seed": 0,
+                "gymnasium": gymnasium.__version__,
+                "numpy": np.__version__.split(".")[0],
+            },
+            sort_keys=True,
+        )
+        assert study.dataset_key(spec, 0) == hashlib.sha256(blob.encode()).hexdigest()[:16]
+        if gymnasium.__version__ == "1.0.0" and np.__version__.startswith("2."):
+            assert study.dataset_key(spec, 0) == expected, name
+
+
+def test_a_missing_mujoco_names_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # `import mujoco` raises ImportError
+    fix = "pip install -c requirements/constraints.txt -r requirements/d3rlpy.txt"
+    with pytest.raises(SystemExit) as exit_info:
+        study.parse_args(["--algo", "iql", "--dataset", "halfcheetah", "--log-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--dataset halfcheetah (HalfCheetah-v5) needs the mujoco package" in err and fix in err
+    with pytest.raises(study.MissingDependencyError, match="needs the mujoco package"):
+        study.dataset_key(study.DATASETS["halfcheetah"], 0)
+    # the scripted datasets do not need it
+    assert study.parse_args(["--algo", "iql", "--dataset", "pendulum", "--log-dir", "x"])
+
+
+def test_tiny_halfcheetah_run_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    pytest.importorskip("mujoco")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(study.DATASETS, "halfcheetah", _tiny_halfcheetah())
+    argv = [*TINY[:-2], "--dataset", "halfcheetah", "--algo", "iql", "--optimizer", "sam"]
+    argv += ["--rho", "0.05", "--log-dir", str(tmp_path / "logs")]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+    assert study.main(argv) == 0
+    exp = tmp_path / "logs" / "iql-halfcheetah-sam0.05-seed0"
+    evals = _d3rlpy_rows(exp / "eval_return.csv")
+    assert [(e, s) for e, s, _ in evals] == [(1, 2), (2, 4)]
+    info = json.loads((exp / "run.json").read_text())
+    # --episodes 1: one noisy rollout after the 2 replay episodes
+    assert info["dataset"]["transitions"] == 300 and info["dataset"]["episodes_total"] == 3
+    assert info["dataset"]["behaviour"]["steps"] == 250
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()  # mujoco's warnings do not litter cwd
