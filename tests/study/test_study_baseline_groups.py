@@ -70,6 +70,7 @@ def test_d3rlpy_offline_compares_each_arm_with_its_own_group():
     study = load_study(REPO / "studies/d3rlpy-offline.yaml")
     assert study.baseline_of("cql-lunarlander-sam0.05") == "cql-lunarlander-adam"
     assert study.baseline_of("td3plusbc-pendulum-asam0.5") == "td3plusbc-pendulum-adam"
+    assert study.baseline_of("iql-halfcheetah-sam0.1") == "iql-halfcheetah-adam"
     assert all(study.baseline_of(a) is None for a in study.arms if a.endswith("-adam"))
 
 
