@@ -153,3 +153,73 @@ def test_report_groups_lower_is_better_and_correlation(tmp_path):
     corr = [line for line in text.splitlines() if line.startswith("| sharpness | error")]
     assert len(corr) == 3 and all("| 1 [1, 1] |" in line for line in corr)
     assert "(all) | 12 |" in corr[0] and "(group t1-adam) | 6 |" in corr[1]
+    # pooled over the two groups: sam wins every pair in t1 and none in t2 -> 0.5
+    assert "## Pooled over groups (tasks)" in text
+    assert "| sam | adam | t1, t2 | 3 | 0.5 [" in text
+
+
+def test_variant_is_the_name_after_the_groups_common_prefix():
+    from flatrl.study.report import variant_of
+
+    assert variant_of("iql-pendulum-sam0.01", "iql-pendulum-adam") == ("iql-pendulum", "sam0.01")
+    assert variant_of("t1-asam0.5", "t1-adam") == ("t1", "asam0.5")  # common "t1-a" cut at "-"
+    assert variant_of("cartpole-world_model-rho0.1", "cartpole-adam") == (
+        "cartpole",
+        "world_model-rho0.1",
+    )
+
+
+def _pooled_study(lower_is_better: bool = False):
+    return make_study(
+        entry_point={"type": "command", "command": "true"},
+        seeds=[0, 1, 2],
+        arms={a: {} for a in ("t1-adam", "t1-sam", "t2-adam", "t2-sam", "t1-muon")},
+        baseline={"groups": {"t1": "t1-adam", "t2": "t2-adam"}},
+        report={"reps": 200, "lower_is_better": lower_is_better},
+    )
+
+
+def _results(study, tmp_path, finals):
+    from flatrl.study.report import RunResult
+
+    out = {arm: [] for arm in study.arms}
+    for run in plan(study, tmp_path):
+        value = finals.get(run.arm, {}).get(run.seed)
+        out[run.arm].append(RunResult(run, "finished" if value is not None else "pending"))
+        out[run.arm][-1].final = value
+    return out
+
+
+def test_pooled_improvement_averages_per_group_hand_counts_over_groups(tmp_path):
+    """rliable's P(improvement) over tasks: the mean of each group's pairwise count."""
+    pytest.importorskip("rliable", reason="P(improvement) comes from rliable")
+    from flatrl.study.report import pooled_improvement
+
+    study = _pooled_study()
+    finals = {
+        "t1-adam": {0: 1.0, 1: 2.0, 2: 3.0},
+        "t1-sam": {0: 2.0, 1: 3.0, 2: 4.0},
+        "t2-adam": {0: 100.0, 1: 100.0, 2: 100.0},
+        "t2-sam": {0: 50.0, 1: 150.0, 2: 150.0},
+        "t1-muon": {0: 9.0, 1: 9.0, 2: 9.0},  # in one group only: not pooled
+    }
+    (pooled,) = pooled_improvement(study, _results(study, tmp_path, finals), reps=200)
+    # t1: sam {2,3,4} vs adam {1,2,3}: 9 pairs, wins 1+2+3=6 (2>1; 3>1,2; 4>1,2,3), ties 2
+    # (2=2, 3=3) -> (6 + 1) / 9; t2: 150 beats 100 twice per adam run, 50 never -> 6/9
+    expected = ((6 + 1) / 9 + 6 / 9) / 2
+    assert (pooled.variant, pooled.baseline_variant) == ("sam", "adam")
+    assert pooled.groups == ["t1", "t2"] and pooled.runs_per_group == 3
+    assert pooled.poi == pytest.approx(expected)
+    lo, hi = pooled.poi_ci
+    assert 0.0 <= lo <= expected <= hi <= 1.0
+    # lower is better: the same scores, P(sam < adam) per group; t1: 2 < 3 is the one win,
+    # the 2 ties count half -> (1 + 1) / 9; t2: 50 < 100 three times -> 3/9
+    study_low = _pooled_study(lower_is_better=True)
+    (low,) = pooled_improvement(
+        study_low, _results(study_low, tmp_path / "low", finals), reps=200, lower_is_better=True
+    )
+    assert low.poi == pytest.approx(((1 + 1) / 9 + 3 / 9) / 2)
+    # a seed missing in one group: each side keeps the seeds finished in all its groups
+    del finals["t2-sam"][2]
+    (part,) = pooled_improvement(study, _results(study, tmp_path / "part", finals), reps=200)
+    assert part.runs_per_group == 2

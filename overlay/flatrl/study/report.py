@@ -11,12 +11,20 @@ baseline of its group). With ``report.lower_is_better`` (an error metric) the pr
 improvement is P(arm < baseline). ``report.correlations`` adds Spearman rank correlations
 between two metrics' final values across runs, with a bootstrap CI over runs, pooled and per
 baseline group ("does lower sharpness go with lower held-out error?").
+
+With baseline groups (one per task: ``iql-pendulum``, ``td3plusbc-lunarlander``, ...) the report
+also pools each *variant* (the arm's name after its group's common prefix: ``sam0.01``) over
+the groups that have it, as rliable does over tasks: P(variant improves on its group's
+baseline), averaged over groups, with a stratified-bootstrap CI (runs resampled within each
+group). Probability of improvement is scale-free, so tasks with returns of -400 and +250 pool
+without a normalisation that would itself be a choice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shlex
 import zlib
 from collections.abc import Iterator
@@ -192,6 +200,106 @@ def _aggregate(
             poi=float(points[key]), poi_ci=(float(ci[0]), float(ci[1])), baseline=baseline
         )
     return out
+
+
+def variant_of(arm: str, baseline: str) -> tuple[str, str]:
+    """``(group, variant)`` from an arm and its baseline: the common name prefix up to its last
+    ``-`` is the group, the rest of the arm's name the variant (``iql-pendulum-sam0.01`` vs
+    ``iql-pendulum-adam``: ``iql-pendulum``, ``sam0.01``)."""
+    common = os.path.commonprefix([arm, baseline])
+    cut = common.rfind("-") + 1
+    return arm[: max(cut - 1, 0)], arm[cut:]
+
+
+@dataclass
+class PooledComparison:
+    """One variant against its groups' baselines, pooled over the groups (tasks)."""
+
+    variant: str
+    baseline_variant: str
+    groups: list[str]
+    runs_per_group: int
+    poi: float
+    poi_ci: tuple[float, float]
+
+
+def pooled_improvement(
+    study: Study,
+    results: dict[str, list[RunResult]],
+    reps: int = 2000,
+    seed: int = 0,
+    lower_is_better: bool = False,
+) -> list[PooledComparison]:
+    """P(variant improves on its group's baseline), averaged over the groups that have both,
+    for every variant found in at least two groups (see the module docstring).
+
+    rliable needs a runs x tasks matrix, so each side keeps the seeds finished in all of its
+    groups (a study stopped part-way pools only its common seeds; ``runs_per_group`` says how
+    many).
+    """
+    by_variant: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for arm in study.arms:
+        baseline = study.baseline_of(arm)
+        if baseline is None:
+            continue
+        group, variant = variant_of(arm, baseline)
+        base_variant = variant_of(baseline, arm)[1]
+        by_variant.setdefault((variant, base_variant), []).append((group, arm, baseline))
+    finals = {
+        arm: {r.run.seed: r.final for r in runs if r.final is not None}
+        for arm, runs in results.items()
+    }
+    library, metrics = _require_rliable()
+    out = []
+    for (variant, base_variant), members in by_variant.items():
+        members = [m for m in members if finals.get(m[1]) and finals.get(m[2])]
+        if len(members) < 2:
+            continue
+        x_seeds = sorted(set.intersection(*(set(finals[m[1]]) for m in members)))
+        y_seeds = sorted(set.intersection(*(set(finals[m[2]]) for m in members)))
+        n = min(len(x_seeds), len(y_seeds))
+        if n < 1:
+            continue
+        x = np.array([[finals[m[1]][s] for m in members] for s in x_seeds[:n]], dtype=float)
+        y = np.array([[finals[m[2]][s] for m in members] for s in y_seeds[:n]], dtype=float)
+        if lower_is_better:
+            x, y = -x, -y  # P(arm < baseline) is P(-arm > -baseline), ties count half either way
+        key = f"pooled:{variant},{base_variant}"
+        if n < 2:
+            p = float(metrics.probability_of_improvement(x, y))
+            ci = (p, p)
+        else:
+            with _seeded_numpy(_stream(seed, key)):
+                points, cis = library.get_interval_estimates(
+                    {key: (x, y)}, metrics.probability_of_improvement, reps=reps
+                )
+            p = float(points[key])
+            bounds = np.asarray(cis[key]).reshape(-1)
+            ci = (float(bounds[0]), float(bounds[1]))
+        out.append(PooledComparison(variant, base_variant, [m[0] for m in members], n, p, ci))
+    return out
+
+
+def _pooled_lines(comparisons: list[PooledComparison], lower_is_better: bool) -> list[str]:
+    if not comparisons:
+        return []
+    op = "<" if lower_is_better else ">"
+    lines = [
+        "## Pooled over groups (tasks)",
+        "",
+        f"P(variant {op} its group's baseline), averaged over the groups that have both, with a "
+        "95% stratified-bootstrap CI (runs resampled within each group; rliable). Each side "
+        "keeps the seeds finished in all of its groups.",
+        "",
+        f"| variant | vs | groups | runs per group | P(variant {op} baseline) [95% CI] |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c.variant} | {c.baseline_variant} | {', '.join(c.groups)} | {c.runs_per_group} "
+            f"| {_interval(c.poi, c.poi_ci)} |"
+        )
+    return [*lines, ""]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -476,6 +584,13 @@ def write_report(
                 cells.append(f"{_fmt(float(np.mean(finals)))} (n={len(finals)})" if finals else "-")
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lines.append("")
+    if grouped:
+        lines += _pooled_lines(
+            pooled_improvement(
+                study, results, settings.reps, lower_is_better=settings.lower_is_better
+            ),
+            settings.lower_is_better,
+        )
     if settings.correlations:
         lines += _correlation_lines(study, results)
     figures = []
