@@ -58,6 +58,10 @@ def main() -> None:
             ),
             flush=True,
         )
+    # both ranks leave together: a rank that tears gloo down while its peer is still printing
+    # can abort at exit ("terminate called without an active exception", seen once in CI
+    # under load after the RESULT line was already out)
+    dist.barrier()
     d3rlpy.distributed.destroy_process_group()
 
 
