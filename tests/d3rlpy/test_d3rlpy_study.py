@@ -105,6 +105,39 @@ def test_dataset_cache_is_reused_and_keyed_by_content(
     assert info["dataset"]["cache_hit"] is True and info["dataset"]["cache"] == str(path)
 
 
+def test_reward_scale_returns_is_fitted_to_the_datasets_episode_returns(tmp_path: Path) -> None:
+    """``--reward-scale returns`` reaches d3rlpy as IQL's normalisation, fitted on our data; a
+    number reaches it as a plain multiplier (the default stays x0.1, so old runs stand)."""
+    common = [*TINY, "--episodes", "2", "--algo", "iql", "--cache-dir", str(tmp_path / "cache")]
+    scalers = {}
+    for scale in ("returns", "0.5", None):
+        log_dir = tmp_path / f"logs-{scale}"
+        extra = [] if scale is None else ["--reward-scale", scale]
+        assert study.main([*common, *extra, "--log-dir", str(log_dir)]) == 0
+        exp = log_dir / "iql-pendulum-adam-seed0"
+        params = json.loads((exp / "params.json").read_text())
+        scalers[scale] = params["config"]["params"]["reward_scaler"]
+        info = json.loads((exp / "run.json").read_text())
+    returns = scalers["returns"]
+    assert returns["type"] == "return" and returns["params"]["multiplier"] == 1000.0
+    assert info["dataset"]["episodes_total"] == 2
+    # d3rlpy sums each episode's rewards but the last (a time-limited episode's last transition
+    # has no successor), so each return is ours up to one Pendulum reward (at most 16.3)
+    d = info["dataset"]
+    assert d["behaviour_return_max"] - d["behaviour_return_min"] > 100.0
+    assert returns["params"]["return_max"] == pytest.approx(d["behaviour_return_max"], abs=16.3)
+    assert returns["params"]["return_min"] == pytest.approx(d["behaviour_return_min"], abs=16.3)
+    assert scalers["0.5"] == {"type": "multiply", "params": {"multiplier": 0.5}}
+    assert scalers[None] == {"type": "multiply", "params": {"multiplier": 0.1}}
+
+
+def test_reward_scale_returns_on_equal_episode_returns_names_the_fix(tmp_path: Path) -> None:
+    argv = [*TINY, "--algo", "iql", "--reward-scale", "returns", "--log-dir", str(tmp_path / "l")]
+    with pytest.raises(SystemExit, match="every episode returns the same.*--reward-scale 0.1"):
+        study.main([*argv, "--cache-dir", str(tmp_path / "cache")])  # TINY has one episode
+    assert not (tmp_path / "l").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -118,6 +151,8 @@ def test_dataset_cache_is_reused_and_keyed_by_content(
         (["--algo", "iql", "--steps", "5", "--eval-every", "10"], "nothing would be evaluated"),
         (["--algo", "iql", "--steps", "0"], "--steps must be a positive integer"),
         (["--algo", "iql", "--eval-episodes", "0"], "--eval-episodes must be a positive"),
+        (["--algo", "iql", "--reward-scale", "0"], "--reward-scale '0': give a positive"),
+        (["--algo", "iql", "--reward-scale", "return"], "or 'returns'"),
     ],
 )
 def test_bad_flags_fail_before_anything_runs(
