@@ -448,7 +448,12 @@ def make_config(
             value_encoder_factory=encoder, expectile=0.7, weight_temp=3.0, **common
         )
     if algo == "cql":
-        return d3rlpy.algos.CQLConfig(n_action_samples=4, conservative_weight=5.0, **common)
+        # a fixed conservative weight (alpha_learning_rate 0), as d3rlpy's CQL reproduction runs
+        # MuJoCo: with the Lagrangian (threshold 10) alpha fell to 0.2 by 20k steps on
+        # halfcheetah, the penalty faded and the policy collapsed (+164 at 15k, -785 at 20k)
+        return d3rlpy.algos.CQLConfig(
+            n_action_samples=4, conservative_weight=5.0, alpha_learning_rate=0.0, **common
+        )
     if algo == "td3plusbc":
         return d3rlpy.algos.TD3PlusBCConfig(alpha=2.5, **common)
     raise ValueError(f"--algo {algo!r}: use one of {', '.join(ALGOS)}")
