@@ -25,7 +25,7 @@ from flatrl.study.runner import (
     subset,
 )
 from flatrl.study.spec import StudyError
-from study_support import TOY, invocations, make_study
+from study_support import TOY, invocations, make_study, toy_raw
 
 
 def test_local_pool_runs_every_arm_and_seed_single_threaded(tmp_path):
@@ -321,3 +321,18 @@ def test_a_claimed_run_is_skipped_not_launched(tmp_path):
     assert outcome.state == runner.SKIPPED and "another runner" in outcome.message
     assert invocations(run.run_dir) == [] and run_state(run) == PENDING
     assert runner.execute(run).state == FINISHED  # the claim went with its holder
+
+
+def test_validate_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`flatrl.study validate study.yaml | head -1`: the reader leaves early; the CLI must stop
+    with SIGPIPE's status and no traceback (it printed a BrokenPipeError traceback before)."""
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps(toy_raw(seeds=list(range(200)))))  # JSON is YAML
+    cmd = [sys.executable, "-m", "flatrl.study", "validate", str(path)]
+    proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(str(path).encode())
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err

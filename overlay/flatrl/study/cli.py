@@ -8,6 +8,7 @@ command that shows them.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -350,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:  # a missing optional dependency, named with its install line
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`... validate | head`): stop quietly, as other Unix tools do;
+        # stdout goes to /dev/null so the interpreter's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell reports for a tool killed by it
 
 
 if __name__ == "__main__":
