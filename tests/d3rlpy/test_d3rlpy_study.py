@@ -289,7 +289,10 @@ def test_a_missing_mujoco_names_the_install_command(
 
 
 def test_tiny_halfcheetah_run_end_to_end(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    one_thread: None,
+    recwarn: pytest.WarningsRecorder,
 ) -> None:
     pytest.importorskip("mujoco")
     monkeypatch.chdir(tmp_path)
@@ -306,3 +309,5 @@ def test_tiny_halfcheetah_run_end_to_end(
     assert info["dataset"]["transitions"] == 300 and info["dataset"]["episodes_total"] == 3
     assert info["dataset"]["behaviour"]["steps"] == 250
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()  # mujoco's warnings do not litter cwd
+    # nor print gymnasium's model-file deprecation a user cannot act on
+    assert not [w for w in recwarn if "settotalmass" in str(w.message)]
