@@ -37,7 +37,9 @@ The ``d3rlpy`` entry point of ``python -m flatrl.study`` starts this script once
    seed of a study trains on the same data, as with a fixed benchmark dataset.
 2. trains the algorithm with d3rlpy's ``fit`` for ``--steps`` gradient steps; with
    ``--optimizer sam`` every network optimizer is ``SAMFactory(base=<its Adam>, rho, adaptive)``
-   (CQL's scalar temperature/alpha stay on Adam: SAM is for the networks).
+   (CQL's scalar temperature stays on Adam: SAM is for the networks; CQL's conservative weight
+   is fixed, as d3rlpy's CQL reproduction runs MuJoCo). Rewards are scaled by
+   ``--reward-scale`` (default x0.1; see ``make_reward_scaler``).
 3. evaluates every ``--eval-every`` steps over ``--eval-episodes`` episodes and writes d3rlpy's
    header-less CSVs (``epoch,step,value``) under ``<log-dir>/<experiment>/``: the losses, the
    patched d3rlpy's ``*_sharpness`` (SAM only: L(w+e) - L(w)) and ``eval_return.csv`` (the
@@ -419,10 +421,12 @@ def make_reward_scaler(reward_scale: str) -> Any:
     penalty and SAC entropy bonus are not invariant to the reward scale. At x0.1 on HalfCheetah
     (per-step rewards ~0.1-0.3 after scaling) IQL's weights are ~1, so it clones the mixed
     behaviour and the cheetah stands still (Adam -11 at 5,000 steps), while the same run with
-    unscaled rewards reached +2,300 by 3,000 steps (seed 0, session 7). ``returns`` multiplies
+    unscaled rewards reached +2,300 by 3,000 steps (seed 0, session 7); at x0.1 CQL's entropy
+    bonus outweighs the rewards and its policy stands still too. ``returns`` multiplies
     rewards by 1000 / (max - min episode return of the dataset): the IQL paper's MuJoCo
-    normalisation, which d3rlpy's own IQL and CQL reproductions use through
-    ``ReturnBasedRewardScaler(multiplier=1000)``.
+    normalisation, which d3rlpy's own IQL reproduction uses through
+    ``ReturnBasedRewardScaler(multiplier=1000)``. CQL's paper and d3rlpy's CQL reproduction
+    use unscaled rewards (``--reward-scale 1``).
     """
     import d3rlpy
 
@@ -506,7 +510,8 @@ def parser() -> argparse.ArgumentParser:
         "--reward-scale",
         default="0.1",
         help="rewards x this constant (default 0.1), or 'returns': x 1000 / (max - min episode "
-        "return), the IQL paper's MuJoCo normalisation (IQL and CQL on halfcheetah need it)",
+        "return), the IQL paper's MuJoCo normalisation (IQL on halfcheetah uses it; CQL runs "
+        "unscaled: 1)",
     )
     p.add_argument("--dataset-seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=None, help="dataset episodes (default: task's)")
