@@ -361,6 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.part:
         run_part(args.part, args.quick, args.json)
         return 0
+    skipped = [part for part in PARTS if part not in args.parts]
+    if skipped and args.out.resolve() == DEFAULT_OUT.resolve():
+        # the table is regenerated whole: writing a subset there would drop the other rows
+        parser.error(
+            f"--parts {' '.join(args.parts)} leaves out {', '.join(skipped)}; writing "
+            f"{DEFAULT_OUT.relative_to(ROOT)} (and the README's copy) would drop their rows. "
+            "Write the partial table elsewhere (--out /tmp/perf.md) or run every part."
+        )
 
     start = time.time()
     rows: list[dict[str, Any]] = []

@@ -35,3 +35,20 @@ def test_the_real_readme_carries_the_generated_table() -> None:
     readme = (REPO / "README.md").read_text()
     table = perf_table.markdown_table_only((REPO / "docs" / "performance.md").read_text())
     assert perf_table.with_table(readme, table) == readme
+
+
+def test_a_subset_of_parts_cannot_overwrite_the_whole_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table is regenerated whole, so `--parts mlp` into docs/performance.md would lose the
+    other parts' rows: refused before any part runs, naming the fix."""
+
+    def no_part_may_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a part ran before the bad flags were refused")
+
+    monkeypatch.setattr(perf_table.subprocess, "run", no_part_may_run)
+    with pytest.raises(SystemExit) as exit_info:
+        perf_table.main(["--parts", "mlp"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "leaves out d3rlpy, sam_variants, tdmpc2, muon" in err and "--out /tmp/perf.md" in err
