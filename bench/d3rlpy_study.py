@@ -61,11 +61,9 @@ directory and starts over (runs are minutes long on CPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
-import io
 import json
 import logging
 import math
@@ -561,14 +559,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _import_d3rlpy() -> Any:
-    """d3rlpy, with its structlog output at WARNING and old gym's import-time notice muted."""
+    """d3rlpy, with its structlog output at WARNING (the patched tree mutes old gym's notice)."""
     import structlog
 
     # d3rlpy logs every build and epoch through structlog; run.json and the CSVs are the output
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    # d3rlpy imports gym 0.26, which prints an "unmaintained" notice to stderr; errors still raise
-    with contextlib.redirect_stderr(io.StringIO()):
-        import d3rlpy
+    import d3rlpy
+
     return d3rlpy
 
 
