@@ -69,6 +69,21 @@ def test_sam_run_logs_sharpness_to_csv_console_and_tensorboard(sam_run):
     assert "train/sharpness" in events.Tags()["scalars"]
 
 
+def test_run_ends_with_a_summary_of_what_it_wrote(sam_run):
+    workdir, stdout = sam_run
+    run_dir = _run_dir(workdir, "sam")
+    summary = stdout[stdout.index("\nSummary\n") :]
+    last_eval = _rows(run_dir, "eval.csv")[-1]
+    reward, step = float(last_eval["episode_reward"]), int(float(last_eval["step"]))
+    assert f"final eval:  episode_reward {reward:.1f} at step {step:,}" in summary
+    last_train = _rows(run_dir)[-1]
+    assert f"sharpness {float(last_train['sharpness']):.4g}" in summary
+    assert f"logs:        {run_dir} (eval.csv, train.csv)" in summary
+    assert f"models:      {run_dir / 'models'} (final.pt)" in summary
+    assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in summary
+    assert "continue:" not in summary  # no checkpoint was written (checkpoint_freq=0)
+
+
 def test_default_run_writes_no_checkpoint_or_buffer_dump(sam_run):
     workdir, _ = sam_run
     models = _run_dir(workdir, "sam") / "models"
@@ -125,6 +140,15 @@ def test_resumed_run_reproduces_the_uninterrupted_run(resumed):
     )
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
     assert ours["optim"]["sam"] == theirs["optim"]["sam"]
+
+
+def test_summary_says_how_to_continue_from_the_checkpoint(resumed):
+    checkpoint = _run_dir(resumed["workdir"], "split") / "models" / "checkpoint.pt"
+    (line,) = [ln for ln in resumed["stdout"].splitlines() if ln.startswith("  continue:")]
+    # the resumed run's own overrides, its checkpoint and resume once each
+    assert line.count("checkpoint=") == 1 and line.count("resume=true") == 1
+    assert f"checkpoint={checkpoint} resume=true" in line
+    assert f"train.py {' '.join(RESUME)} steps={2 * EPISODE} exp_name=split" in line
 
 
 def test_checkpoint_is_one_file_with_buffer_random_states_and_logs(resumed):
