@@ -184,3 +184,15 @@ def test_bad_sam_factory_arguments_name_the_problem() -> None:
         SAMFactory(SAMFactory())
     with pytest.raises(ValueError, match="either in its factory or in base_params"):
         SAMFactory(AdamFactory(), base_params={"eps": 1e-6})
+
+
+def test_import_prints_no_old_gym_notice():
+    """Patch 0005: d3rlpy 1.1.1 still gets its gym, without gym's "unmaintained" notice."""
+    import subprocess
+    import sys
+
+    code = "import sys, d3rlpy; print('gym' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+    assert "unmaintained" not in proc.stderr, proc.stderr
