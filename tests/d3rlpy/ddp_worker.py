@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import torch
@@ -67,3 +68,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Leave without running C++ static destructors: gloo's can still abort at interpreter exit
+    # after a clean destroy_process_group ("terminate called without an active exception",
+    # SIGABRT, seen twice in CI under load, after the barrier above), failing a finished run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
