@@ -15,6 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from flatrl.tdmpc2.metrics_log import console_line
+
 __all__ = ["run_summary"]
 
 
@@ -51,19 +53,16 @@ def _eval_line(rows: list[dict[str, str]]) -> str:
 
 
 def _train_line(rows: list[dict[str, str]]) -> str | None:
+    """The last train row's losses, labelled as the console line after each train log."""
     if not rows:
         return None
-    last = rows[-1]
-    parts = [
-        f"{label} {value:.4g}"
-        for key, label in (("total_loss", "loss"), ("sharpness", "sharpness"))
-        if (value := _number(last.get(key))) is not None
-    ]
-    step = _number(last.get("step"))
-    if not parts:
+    values = {k: v for k, v in ((k, _number(v)) for k, v in rows[-1].items()) if v is not None}
+    line = console_line(values)
+    if line is None:
         return None
+    step = values.get("step")
     at = f" (step {int(step):,})" if step is not None else ""
-    return f"  last update: {', '.join(parts)}{at}"
+    return f"  last update: {line.strip()}{at}"
 
 
 def _overrides() -> list[str]:
