@@ -8,6 +8,7 @@ checks every relative link's file and, for ``#anchor`` links, the heading GitHub
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def outside_fences(markdown: str) -> Iterator[str]:
+    """The lines of ``markdown`` that are not in fenced code (nor its fence lines)."""
+    in_fence = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence:
+            yield line
 
 
 def github_anchors(markdown: str) -> set[str]:
@@ -25,13 +36,9 @@ def github_anchors(markdown: str) -> set[str]:
     """
     anchors: set[str] = set()
     seen: dict[str, int] = {}
-    in_fence = False
-    for line in markdown.splitlines():
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-            continue
+    for line in outside_fences(markdown):
         match = re.match(r"#{1,6} (.+)", line)
-        if in_fence or not match:
+        if not match:
             continue
         slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
         count = seen.get(slug, 0)
@@ -42,16 +49,12 @@ def github_anchors(markdown: str) -> set[str]:
 
 def relative_links(path: Path) -> list[str]:
     """Links in ``path`` outside fenced code that are not URLs or mail addresses."""
-    links: list[str] = []
-    in_fence = False
-    for line in path.read_text().splitlines():
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-            continue
-        if in_fence:
-            continue
-        links += [t for t in LINK.findall(line) if not re.match(r"[a-z]+:", t)]
-    return links
+    return [
+        target
+        for line in outside_fences(path.read_text())
+        for target in LINK.findall(line)
+        if not re.match(r"[a-z]+:", target)
+    ]
 
 
 def test_anchor_rules_match_github():
