@@ -327,7 +327,10 @@ def test_validate_into_a_closed_pipe_stops_quietly(tmp_path):
     """`flatrl.study validate study.yaml | head -1`: the reader leaves early; the CLI must stop
     with SIGPIPE's status and no traceback (it printed a BrokenPipeError traceback before)."""
     path = tmp_path / "study.yaml"
-    path.write_text(json.dumps(toy_raw(seeds=list(range(200)))))  # JSON is YAML
+    # one command line per arm, ~500 KB in all: more than a pipe holds, so the CLI is still
+    # writing when the reader leaves (a few lines could all fit, and it would exit 0 first)
+    arms = {"base": {}, **{f"arm{i}": {"overrides": {"--quality": i}} for i in range(2000)}}
+    path.write_text(json.dumps(toy_raw(arms=arms)))  # JSON is YAML
     cmd = [sys.executable, "-m", "flatrl.study", "validate", str(path)]
     proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
